@@ -1,0 +1,1 @@
+//! The executor: runs inside the sandbox and executes tool calls.

@@ -1,0 +1,1 @@
+//! Worktrees, diffs and commits through git2.
