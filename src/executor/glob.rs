@@ -1,0 +1,277 @@
+//! The Glob tool: finds files by name pattern, newest first.
+//!
+//! The walk follows `rg --files` defaults (hidden files skipped, ignore
+//! files respected, `.git` never entered) so Glob and Grep agree on which
+//! files exist. The pattern is matched with standard glob rules against the
+//! path relative to the search directory: `*` stays within one path
+//! component and `**` crosses them, so `*.rs` finds top-level files only and
+//! `**/*.rs` finds them at any depth.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use globset::GlobBuilder;
+use ignore::WalkBuilder;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    Outcome, ToolError, ToolResult,
+    fsutil::{not_found, resolve},
+    input::{Field, Kind, decode, opt, req},
+};
+
+/// Most paths Glob lists.
+const MAX_RESULTS: usize = 100;
+
+const FIELDS: &[Field] = &[req("pattern", Kind::Str), opt("path", Kind::Str)];
+
+#[derive(Debug, Deserialize)]
+struct GlobInput {
+    pattern: String,
+    path: Option<String>,
+}
+
+/// A walker over `base` with the filters rg applies by default, never
+/// entering `.git`. Shared with Grep so both tools see the same files.
+pub(super) fn standard_walker(base: &Path) -> WalkBuilder {
+    let mut builder = WalkBuilder::new(base);
+    builder
+        .standard_filters(true)
+        .follow_links(false)
+        // `.git` is hidden and so skipped already; this keeps it out even
+        // if the hidden-file rule changes.
+        .filter_entry(|entry| entry.file_name() != ".git");
+    builder
+}
+
+/// Resolves the optional `path` of a search tool to a directory or file
+/// that exists.
+pub(super) fn search_base(root: &Path, path: Option<&str>) -> Result<PathBuf, ToolError> {
+    let base = match path {
+        None | Some("") => root.to_path_buf(),
+        Some(p) => resolve(root, p),
+    };
+    match fs::metadata(&base) {
+        Ok(_) => Ok(base),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ToolError::new(not_found("path", &base)))
+        }
+        Err(e) => Err(ToolError::new(format!(
+            "cannot search {}: {e}",
+            base.display()
+        ))),
+    }
+}
+
+/// Runs Glob.
+pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
+    let args: GlobInput = decode("Glob", input, FIELDS)?;
+    if args.pattern.is_empty() {
+        return Err(ToolError::new(
+            "Glob: `pattern` is empty; give a glob such as **/*.rs",
+        ));
+    }
+    let base = search_base(root, args.path.as_deref())?;
+    if !base.is_dir() {
+        return Err(ToolError::new(format!(
+            "{} is a file, not a directory; give a directory as `path` (or Read the file)",
+            base.display()
+        )));
+    }
+    // An absolute pattern names whole paths; a relative one is relative to
+    // the search directory.
+    let absolute = Path::new(&args.pattern).is_absolute();
+    let matcher = GlobBuilder::new(&args.pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| ToolError::new(format!("Glob: invalid pattern {:?}: {e}", args.pattern)))?
+        .compile_matcher();
+
+    let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
+    let mut unreadable = 0usize;
+    for entry in standard_walker(&base).build() {
+        let Ok(entry) = entry else {
+            unreadable += 1;
+            continue;
+        };
+        if entry.file_type().is_none_or(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let subject = if absolute {
+            path
+        } else {
+            path.strip_prefix(&base).unwrap_or(path)
+        };
+        if matcher.is_match(subject) {
+            let mtime = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((mtime, path.to_path_buf()));
+        }
+    }
+
+    Ok(render(found, unreadable, &args.pattern, &base))
+}
+
+fn render(
+    mut found: Vec<(SystemTime, PathBuf)>,
+    unreadable: usize,
+    pattern: &str,
+    base: &Path,
+) -> Outcome {
+    let mut notes = Vec::new();
+    if unreadable > 0 {
+        notes.push(format!(
+            "({unreadable} director{} could not be read and {} skipped)",
+            if unreadable == 1 { "y" } else { "ies" },
+            if unreadable == 1 { "was" } else { "were" }
+        ));
+    }
+    if found.is_empty() {
+        let mut output = "No files found".to_string();
+        if !pattern.contains('/') {
+            output.push_str(&format!(
+                " (the pattern is matched against paths relative to {}, so {pattern:?} only \
+                 matches files directly in it; use \"**/{pattern}\" to search subdirectories)",
+                base.display()
+            ));
+        }
+        for note in notes {
+            output.push('\n');
+            output.push_str(&note);
+        }
+        return Outcome::text(output);
+    }
+
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let total = found.len();
+    let mut lines: Vec<String> = found
+        .iter()
+        .take(MAX_RESULTS)
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let truncated = total > MAX_RESULTS;
+    if truncated {
+        lines.push(format!(
+            "({} more not shown; narrow the pattern)",
+            total - MAX_RESULTS
+        ));
+    }
+    lines.extend(notes);
+    Outcome {
+        output: lines.join("\n"),
+        truncated,
+        ..Outcome::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let file = fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join(".git")).unwrap();
+        fs::write(root.join(".git/config.rs"), "").unwrap();
+        for (name, secs) in [
+            ("a.rs", 100),
+            ("src/b.rs", 300),
+            ("src/deep/c.rs", 200),
+            ("target/gen.rs", 400),
+            (".hidden/h.rs", 500),
+            ("notes.txt", 600),
+        ] {
+            let path = root.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, "").unwrap();
+            set_mtime(&path, secs);
+        }
+        fs::write(root.join(".gitignore"), "target/\n").unwrap();
+        dir
+    }
+
+    fn glob(root: &Path, input: Value) -> Outcome {
+        run(root, &input).unwrap()
+    }
+
+    #[test]
+    fn newest_first_respecting_ignores() {
+        let dir = tree();
+        let d = dir.path().display();
+        let out = glob(dir.path(), json!({"pattern": "**/*.rs"}));
+        assert_eq!(
+            out.output,
+            format!("{d}/src/b.rs\n{d}/src/deep/c.rs\n{d}/a.rs")
+        );
+
+        let out = glob(dir.path(), json!({"pattern": "*.rs"}));
+        assert_eq!(out.output, format!("{d}/a.rs"));
+
+        let out = glob(dir.path(), json!({"pattern": "*.rs", "path": "src"}));
+        assert_eq!(out.output, format!("{d}/src/b.rs"));
+
+        let out = glob(dir.path(), json!({"pattern": format!("{d}/src/**/*.rs")}));
+        assert_eq!(out.output, format!("{d}/src/b.rs\n{d}/src/deep/c.rs"));
+    }
+
+    #[test]
+    fn no_match_and_errors() {
+        let dir = tree();
+        let d = dir.path().display();
+        let out = glob(dir.path(), json!({"pattern": "*.py"}));
+        assert_eq!(
+            out.output,
+            format!(
+                "No files found (the pattern is matched against paths relative to {d}, so \
+                 \"*.py\" only matches files directly in it; use \"**/*.py\" to search \
+                 subdirectories)"
+            )
+        );
+        let out = glob(dir.path(), json!({"pattern": "src/*.py"}));
+        assert_eq!(out.output, "No files found");
+
+        let err = run(dir.path(), &json!({"pattern": "a[", "path": "src"})).unwrap_err();
+        assert!(
+            err.0.starts_with("Glob: invalid pattern \"a[\": "),
+            "{}",
+            err.0
+        );
+        let err = run(dir.path(), &json!({"pattern": "*", "path": "nope"})).unwrap_err();
+        assert_eq!(err.0, format!("path not found: {d}/nope"));
+    }
+
+    #[test]
+    fn caps_at_100() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..130 {
+            let path = dir.path().join(format!("f{i:03}.txt"));
+            fs::write(&path, "").unwrap();
+            set_mtime(&path, 1000 + i);
+        }
+        let out = glob(dir.path(), json!({"pattern": "*.txt"}));
+        let lines: Vec<&str> = out.output.lines().collect();
+        assert_eq!(lines.len(), 101);
+        assert!(lines[0].ends_with("/f129.txt"));
+        assert_eq!(lines[100], "(30 more not shown; narrow the pattern)");
+        assert!(out.truncated);
+    }
+}
