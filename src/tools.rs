@@ -1,0 +1,367 @@
+//! The tools offered to the model: their specs, the host-side gate, and the
+//! facts the host records about each call.
+//!
+//! Names and input schemas follow Claude Code's, because Kimi is trained to
+//! drive those tools; the descriptions are our own and say exactly how each
+//! tool behaves here, since the model reads them on every step.
+//!
+//! The gate is defence in depth, not the boundary: the sandbox's namespaces
+//! already keep a call from touching anything outside the worktree. The gate
+//! exists to turn an obvious escape attempt into a clear refusal the model
+//! can read, before anything runs.
+
+use std::{
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+/// Longest time the host waits for a non-shell tool call before it ends the
+/// sandbox.
+const FILE_TOOL_LIMIT: Duration = Duration::from_secs(120);
+/// Default and largest Bash timeouts, as Claude Code's.
+const BASH_DEFAULT_MS: u64 = 120_000;
+const BASH_MAX_MS: u64 = 600_000;
+
+/// The tool definitions sent to the model with every step.
+pub fn specs() -> Vec<Value> {
+    vec![
+        json!({
+            "name": "Read",
+            "description": "Read a text file from the working tree. Returns lines numbered like `cat -n` (number, tab, text), 2000 lines from the start unless you pass `offset` (1-based first line) and `limit` (line count). Lines over 2000 characters are cut with a marker. Empty and binary files are reported as such. A directory is refused: use LS or Glob for those. Relative paths resolve against the working tree. Read a file before you Edit it or overwrite it.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "file_path": {"type": "string", "description": "Path of the file, absolute or relative to the working tree."},
+                    "offset": {"type": "integer", "minimum": 1, "description": "First line to read, counting from 1."},
+                    "limit": {"type": "integer", "minimum": 1, "description": "Number of lines to read."}
+                },
+                "required": ["file_path"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "Write",
+            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Prefer Edit for changing part of an existing file.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "file_path": {"type": "string", "description": "Path of the file, absolute or relative to the working tree."},
+                    "content": {"type": "string", "description": "The complete new content of the file."}
+                },
+                "required": ["file_path", "content"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "Edit",
+            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "file_path": {"type": "string", "description": "Path of the file to edit."},
+                    "old_string": {"type": "string", "description": "Exact text to replace."},
+                    "new_string": {"type": "string", "description": "Replacement text; must differ from old_string."},
+                    "replace_all": {"type": "boolean", "default": false, "description": "Replace every occurrence instead of exactly one."}
+                },
+                "required": ["file_path", "old_string", "new_string"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "MultiEdit",
+            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "file_path": {"type": "string", "description": "Path of the file to edit."},
+                    "edits": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "old_string": {"type": "string"},
+                                "new_string": {"type": "string"},
+                                "replace_all": {"type": "boolean", "default": false}
+                            },
+                            "required": ["old_string", "new_string"],
+                            "additionalProperties": false
+                        }
+                    }
+                },
+                "required": ["file_path", "edits"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "Glob",
+            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). Files ignored by .gitignore and hidden files are skipped. Results are absolute paths, most recently modified first, at most 100.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Glob pattern."},
+                    "path": {"type": "string", "description": "Directory to search; defaults to the working tree."}
+                },
+                "required": ["pattern"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "Grep",
+            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. `output_mode`: `files_with_matches` (default; matching file paths), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Regular expression to search for."},
+                    "path": {"type": "string", "description": "File or directory to search; defaults to the working tree."},
+                    "glob": {"type": "string", "description": "Only search files matching this glob."},
+                    "type": {"type": "string", "description": "Only search files of this type (ripgrep type names)."},
+                    "output_mode": {"type": "string", "enum": ["content", "files_with_matches", "count"]},
+                    "-i": {"type": "boolean", "description": "Case-insensitive search."},
+                    "-n": {"type": "boolean", "description": "Show line numbers (content mode)."},
+                    "-A": {"type": "integer", "minimum": 0, "description": "Lines of context after each match."},
+                    "-B": {"type": "integer", "minimum": 0, "description": "Lines of context before each match."},
+                    "-C": {"type": "integer", "minimum": 0, "description": "Lines of context around each match."},
+                    "multiline": {"type": "boolean", "description": "Allow matches across lines."},
+                    "head_limit": {"type": "integer", "minimum": 1, "description": "Keep only the first N results."}
+                },
+                "required": ["pattern"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "LS",
+            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`. `ignore` takes glob patterns of names to leave out.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "Directory to list."},
+                    "ignore": {"type": "array", "items": {"type": "string"}, "description": "Glob patterns to leave out."}
+                },
+                "required": ["path"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "Bash",
+            "description": "Run a command with bash in the sandbox. The working directory carries over between calls (a `cd` sticks); environment variables and shell state do not. stdin is empty; stdout and stderr are returned together, followed by the exit code and duration. Output over about 30,000 characters is cut in the middle with a marker saying how much. `timeout` is in milliseconds: 120000 by default, 600000 at most; at the timeout the command and everything it started is killed. Processes left running when the command exits are stopped. There is no network and no git in the sandbox; the host records your changes.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The command line to run."},
+                    "timeout": {"type": "integer", "minimum": 1, "maximum": 600000, "description": "Timeout in milliseconds."},
+                    "description": {"type": "string", "description": "Five to ten words on what the command does."}
+                },
+                "required": ["command"],
+                "additionalProperties": false
+            }
+        }),
+    ]
+}
+
+/// The names of the tools in [`specs`].
+pub fn names() -> Vec<String> {
+    specs()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The host's own time bound for one call: the tool's own timeout plus a
+/// margin, so the executor always answers first when it works.
+pub fn host_limit(tool: &str, input: &Value) -> Duration {
+    if tool == "Bash" {
+        let ms = input
+            .get("timeout")
+            .and_then(Value::as_u64)
+            .unwrap_or(BASH_DEFAULT_MS);
+        return Duration::from_millis(ms.clamp(1, BASH_MAX_MS)) + Duration::from_secs(15);
+    }
+    FILE_TOOL_LIMIT
+}
+
+/// A short description of what a call acts on, for records and progress:
+/// the file, pattern or command.
+pub fn target(tool: &str, input: &Value) -> String {
+    let field = match tool {
+        "Read" | "Write" | "Edit" | "MultiEdit" => "file_path",
+        "Glob" | "Grep" => "pattern",
+        "LS" => "path",
+        "Bash" => "command",
+        _ => return String::new(),
+    };
+    let text = input.get(field).and_then(Value::as_str).unwrap_or("");
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 100 {
+        format!("{}…", one_line.chars().take(100).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+/// The host-side gate. Returns a refusal the model can read, or `None` when
+/// the call may go to the executor.
+///
+/// File paths must resolve inside the worktree. Resolution is symlink-safe:
+/// the deepest existing ancestor of the path is canonicalised (following
+/// links as the kernel would), and the rest is appended lexically with `..`
+/// refused, so neither a link inside the worktree nor `..` can point the tool
+/// outside.
+pub fn gate(tool: &str, input: &Value, worktree: &Path) -> Option<String> {
+    let paths: Vec<&str> = match tool {
+        "Read" | "Write" | "Edit" | "MultiEdit" => input
+            .get("file_path")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+        "Glob" | "Grep" | "LS" => input
+            .get("path")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    };
+    for p in paths {
+        if let Err(why) = confine(p, worktree) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+/// Resolves `path` (absolute, or relative to `worktree`) and checks that it
+/// stays inside `worktree`.
+///
+/// # Errors
+///
+/// A message for the model saying why the path is refused.
+pub fn confine(path: &str, worktree: &Path) -> Result<PathBuf, String> {
+    let root = std::fs::canonicalize(worktree).map_err(|e| {
+        format!(
+            "the working tree {} is not accessible: {e}",
+            worktree.display()
+        )
+    })?;
+    let requested = Path::new(path);
+    let joined = if requested.is_absolute() {
+        requested.to_path_buf()
+    } else {
+        root.join(requested)
+    };
+
+    // Walk up to the deepest ancestor that exists and canonicalise it.
+    let mut existing = joined.as_path();
+    let mut rest: Vec<Component<'_>> = Vec::new();
+    let resolved_base = loop {
+        match std::fs::canonicalize(existing) {
+            Ok(p) => break p,
+            Err(_) => {
+                let Some(parent) = existing.parent() else {
+                    return Err(format!("{path}: cannot be resolved"));
+                };
+                if let Some(name) = existing.components().next_back() {
+                    rest.push(name);
+                }
+                existing = parent;
+            }
+        }
+    };
+    let mut resolved = resolved_base;
+    for c in rest.iter().rev() {
+        match c {
+            Component::Normal(n) => resolved.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "{path}: `..` through a path that does not exist yet is not allowed; use a \
+                     path inside the working tree {}",
+                    root.display()
+                ));
+            }
+        }
+    }
+    if resolved.starts_with(&root) {
+        Ok(resolved)
+    } else {
+        Err(format!(
+            "{path} is outside the working tree {}; this session can only touch files there",
+            root.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_well_formed_and_unique() {
+        let specs = specs();
+        let names = names();
+        assert_eq!(names.len(), specs.len());
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        for s in &specs {
+            assert_eq!(s["input_schema"]["type"], "object", "{}", s["name"]);
+            assert!(s["description"].as_str().unwrap().len() > 40);
+        }
+    }
+
+    #[test]
+    fn confine_keeps_paths_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
+        std::os::unix::fs::symlink("../..", root.join("src/up")).unwrap();
+
+        assert!(confine("src/new.rs", &root).is_ok());
+        assert!(confine("new-dir/deeper/file", &root).is_ok());
+        let canon = std::fs::canonicalize(&root).unwrap();
+        assert!(confine(canon.join("src").to_str().unwrap(), &root).is_ok());
+
+        for bad in [
+            "/etc/passwd",
+            "../outside",
+            "etc-link/passwd",
+            "src/up/x",
+            "missing/../../x",
+            "/proc/self/root/etc",
+        ] {
+            assert!(confine(bad, &root).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn gate_checks_only_path_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(gate("Read", &json!({"file_path": "/etc/shadow"}), dir.path()).is_some());
+        assert!(
+            gate(
+                "Grep",
+                &json!({"pattern": "x", "path": "/root"}),
+                dir.path()
+            )
+            .is_some()
+        );
+        assert!(gate("Grep", &json!({"pattern": "/etc/x"}), dir.path()).is_none());
+        assert!(gate("Bash", &json!({"command": "ls"}), dir.path()).is_none());
+    }
+
+    #[test]
+    fn host_limit_follows_bash_timeout() {
+        assert_eq!(
+            host_limit("Bash", &json!({"timeout": 1000})),
+            Duration::from_secs(16)
+        );
+        assert_eq!(
+            host_limit("Bash", &json!({"timeout": 99_999_999})),
+            Duration::from_secs(615)
+        );
+        assert_eq!(host_limit("Read", &json!({})), FILE_TOOL_LIMIT);
+    }
+}
