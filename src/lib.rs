@@ -2,11 +2,21 @@
 //! autonomous agent whose every tool call executes inside a bubblewrap
 //! sandbox over a git worktree, and returns Kimi's summary and the diff.
 //!
-//! The crate is split the way the design splits the product: the host side
-//! (`mcp`, `agent`, `llm`, `tools`, `sandbox`, `workspace`, `store`,
-//! `config`) and the executor that runs inside the sandbox (`executor`),
-//! which share only the wire types in `protocol`.
+//! The crate is split the way the design splits the product. On the host:
+//! `mcp` (the MCP tools), `session` (start, send, end), `agent` (the turn
+//! loop), `llm` (model providers), `tools` (what the model is offered, and
+//! the host-side gate), `sandbox` (bwrap), `workspace` (git), `store`
+//! (SQLite) and `config`. Inside the sandbox: `executor`. The two sides share
+//! only the wire types in `protocol`.
 
+pub mod agent;
+pub mod config;
 pub mod executor;
+pub mod llm;
+pub mod mcp;
 pub mod protocol;
+pub mod sandbox;
+pub mod session;
+pub mod store;
+pub mod tools;
 pub mod workspace;

@@ -1,0 +1,769 @@
+//! Sessions: what `agentkimi_start`, `agentkimi_send` and `agentkimi_end` do,
+//! independent of the transport that asked.
+//!
+//! A turn runs in its own task, detached from the request that started it:
+//! if the request is dropped (a client that disconnects, a transport that
+//! gives up), the turn still stops cleanly at its cancellation token and its
+//! work is still committed and recorded. Nothing is lost because the caller
+//! went away.
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    agent::{self, ToolCallRecord, TurnContext, TurnEvent, TurnStatus},
+    config::Config,
+    llm::{Provider, Usage},
+    sandbox::Profile,
+    store::{SessionRecord, SessionState, Store, TurnRecord, now_ms},
+    workspace::{self, Workspace},
+};
+
+/// Largest diff returned inline in a result; a longer one is cut at a line
+/// boundary and saved whole to a file.
+pub const MAX_INLINE_DIFF: usize = 60_000;
+
+/// Receives one progress line at a time.
+pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Why a session operation failed. Each message names the cause and what the
+/// caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The caller passed something unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session exists but cannot take this request now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The host failed; the message says what happened.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<anyhow::Error> for SessionError {
+    fn from(e: anyhow::Error) -> Self {
+        SessionError::Internal(format!("{e:#}"))
+    }
+}
+
+/// One changed file in a result.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct FileChanged {
+    /// Path relative to the repository root.
+    pub path: String,
+    /// `added`, `modified`, `deleted`, `renamed` or `typechange`.
+    pub status: String,
+    /// Lines added.
+    pub additions: usize,
+    /// Lines removed.
+    pub deletions: usize,
+}
+
+/// The result of one turn, as returned to the caller.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct TurnResult {
+    /// Session id; pass it to agentkimi_send and agentkimi_end.
+    pub session_id: String,
+    /// Turn number, from 1.
+    pub turn: u32,
+    /// How the turn ended.
+    pub status: TurnStatus,
+    /// Kimi's summary (its final message of the turn).
+    pub summary: String,
+    /// The test output Kimi quoted in its summary (its last fenced block).
+    pub test_output: Option<String>,
+    /// Unified diff of the session's work: base commit to working tree,
+    /// untracked files included.
+    pub diff: String,
+    /// Whether `diff` was cut to fit the reply.
+    pub diff_truncated: bool,
+    /// Where the whole diff was saved when it was cut.
+    pub diff_path: Option<String>,
+    /// Files changed since the base commit.
+    pub files_changed: Vec<FileChanged>,
+    /// Branch holding the work.
+    pub branch: String,
+    /// The session's worktree on the host.
+    pub worktree: String,
+    /// Commit that recorded this turn's changes, if there were any.
+    pub commit: Option<String>,
+    /// Model calls made in the turn.
+    pub steps: u32,
+    /// Tool calls made in the turn, in order.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// Tokens used in the turn.
+    pub usage: Usage,
+    /// Why the turn stopped early, if it did.
+    pub note: Option<String>,
+    /// Wall-clock time of the turn in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// The result of ending a session.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EndResult {
+    /// Session id.
+    pub session_id: String,
+    /// Always true once the call succeeds.
+    pub ended: bool,
+    /// Branch holding all the work.
+    pub branch: String,
+    /// Repository holding the branch: the user's repository, or the kept
+    /// git dir of a scratch session.
+    pub repository: String,
+    /// Commits on the branch since the base commit.
+    pub commits: usize,
+    /// Whether the worktree directory was removed.
+    pub worktree_removed: bool,
+    /// What to do next, in words.
+    pub message: String,
+}
+
+impl TurnResult {
+    /// The result as text, for clients that show only text.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "Session {} · turn {} · {} · {} step(s) · {} tool call(s) · {:.1} s\nBranch: {} \
+             (worktree {})\n",
+            self.session_id,
+            self.turn,
+            self.status.as_str(),
+            self.steps,
+            self.tool_calls.len(),
+            self.duration_ms as f64 / 1000.0,
+            self.branch,
+            self.worktree,
+        );
+        if let Some(note) = &self.note {
+            s.push_str(&format!("Note: {note}\n"));
+        }
+        s.push_str("\n## Summary\n\n");
+        s.push_str(if self.summary.is_empty() {
+            "(Kimi wrote no summary)"
+        } else {
+            &self.summary
+        });
+        s.push_str(&format!(
+            "\n\n## Files changed ({})\n\n",
+            self.files_changed.len()
+        ));
+        for f in &self.files_changed {
+            s.push_str(&format!(
+                "- {} {} (+{} -{})\n",
+                f.status, f.path, f.additions, f.deletions
+            ));
+        }
+        if !self.tool_calls.is_empty() {
+            s.push_str("\n## Tool calls\n\n");
+            for c in &self.tool_calls {
+                let outcome = match (&c.error, c.exit_code) {
+                    (Some(e), _) => format!("error: {e}"),
+                    (None, Some(code)) => format!("exit {code}"),
+                    (None, None) => "ok".into(),
+                };
+                s.push_str(&format!("- {} {} — {}\n", c.name, c.target, outcome));
+            }
+        }
+        s.push_str("\n## Diff\n\n");
+        if self.diff.is_empty() {
+            s.push_str("(no changes)\n");
+        } else {
+            s.push_str("```diff\n");
+            s.push_str(&self.diff);
+            if !self.diff.ends_with('\n') {
+                s.push('\n');
+            }
+            s.push_str("```\n");
+        }
+        s.push_str(&format!(
+            "\nTokens: {} in, {} out, {} cached\n",
+            self.usage.input_tokens, self.usage.output_tokens, self.usage.cache_read_input_tokens
+        ));
+        s
+    }
+}
+
+impl EndResult {
+    /// The result as text.
+    pub fn render(&self) -> String {
+        format!("Session {} ended.\n{}", self.session_id, self.message)
+    }
+}
+
+/// The session manager shared by every request of one server process.
+pub struct Sessions {
+    config: Config,
+    store: Arc<Store>,
+    provider: Result<Arc<Provider>, String>,
+    profile: OnceCell<Result<Arc<Profile>, String>>,
+}
+
+impl Sessions {
+    /// Opens the store and builds the provider. A missing key does not stop
+    /// the server (it can still list tools and end sessions); turns then
+    /// fail with advice.
+    ///
+    /// # Errors
+    ///
+    /// When the state directory or store cannot be opened.
+    pub fn open(config: Config) -> anyhow::Result<Sessions> {
+        for dir in [
+            config.home.clone(),
+            config.worktrees_dir(),
+            config.gitdirs_dir(),
+            config.diffs_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create {}: {e}; set AGENTKIMI_HOME to a writable directory",
+                    dir.display()
+                )
+            })?;
+        }
+        let store = Arc::new(Store::open(&config.db_path())?);
+        let provider = Provider::from_config(&config)
+            .map(Arc::new)
+            .map_err(|e| format!("{e:#}"));
+        Ok(Sessions {
+            config,
+            store,
+            provider,
+            profile: OnceCell::new(),
+        })
+    }
+
+    /// The store, for commands that read it directly.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn profile(&self) -> Result<Arc<Profile>, SessionError> {
+        let p = self
+            .profile
+            .get_or_init(|| async {
+                Profile::prepare(&self.config)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        p.clone().map_err(SessionError::Unavailable)
+    }
+
+    fn provider(&self) -> Result<Arc<Provider>, SessionError> {
+        self.provider.clone().map_err(SessionError::Unavailable)
+    }
+
+    /// Starts a session and runs its first turn.
+    ///
+    /// # Errors
+    ///
+    /// Bad `workdir`, no key, no sandbox, or a host failure.
+    pub async fn start(
+        self: &Arc<Self>,
+        prompt: &str,
+        workdir: Option<&str>,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<TurnResult, SessionError> {
+        // Check everything the turn needs before creating anything, so a
+        // refused start leaves no worktree or branch behind.
+        self.provider()?;
+        self.profile().await?;
+
+        let id = new_session_id();
+        let config = self.config.clone();
+        let workdir_owned = workdir.map(PathBuf::from);
+        let sid = id.clone();
+        let ws = tokio::task::spawn_blocking(move || -> Result<Workspace, SessionError> {
+            match workdir_owned {
+                Some(dir) => {
+                    if !dir.is_absolute() {
+                        return Err(SessionError::Invalid(format!(
+                            "workdir {} is not an absolute path; pass the full path of a \
+                             directory inside a git repository",
+                            dir.display()
+                        )));
+                    }
+                    // The state directory is always denied: a session
+                    // must not work inside another session's worktree or
+                    // the store.
+                    let mut deny = config.deny_paths.clone();
+                    deny.push(std::fs::canonicalize(&config.home).unwrap_or(config.home.clone()));
+                    workspace::check_workdir(&dir, &deny)
+                        .map_err(|e| SessionError::Invalid(e.to_string()))?;
+                    workspace::create_linked(
+                        &config.worktrees_dir(),
+                        &sid,
+                        &dir,
+                        config.allow_filters,
+                    )
+                    .map_err(|e| SessionError::Invalid(e.to_string()))
+                }
+                None => workspace::create_throwaway(
+                    &config.worktrees_dir(),
+                    &config.gitdirs_dir(),
+                    &sid,
+                )
+                .map_err(|e| SessionError::Internal(e.to_string())),
+            }
+        })
+        .await
+        .map_err(|e| SessionError::Internal(format!("workspace task failed: {e}")))??;
+
+        let rec = SessionRecord {
+            id: id.clone(),
+            created_at: now_ms(),
+            updated_at: now_ms(),
+            state: SessionState::Active,
+            workspace: serde_json::to_value(&ws)
+                .map_err(|e| SessionError::Internal(e.to_string()))?,
+            workdir: workdir.map(str::to_string),
+            model: self.config.model.clone(),
+            turns: 0,
+            failed_turns: 0,
+        };
+        if let Err(e) = self.store.create_session(&rec) {
+            // Without a record nobody could find or end this session: undo
+            // the worktree rather than orphan it (the branch keeps nothing
+            // yet, it points at the base commit).
+            let _ = workspace::remove(&ws);
+            return Err(e.into());
+        }
+        tracing::info!(session = %id, workdir = ?workdir, "session started");
+        self.clone()
+            .turn(rec, ws, prompt.to_string(), cancel, progress)
+            .await
+    }
+
+    /// Runs a follow-up turn on an existing session.
+    ///
+    /// # Errors
+    ///
+    /// Unknown or ended session, a session busy with another turn, too many
+    /// failed turns, or a host failure.
+    pub async fn send(
+        self: &Arc<Self>,
+        id: &str,
+        message: &str,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<TurnResult, SessionError> {
+        let rec = self.active_session(id)?;
+        if rec.failed_turns >= 3 {
+            return Err(SessionError::Unavailable(format!(
+                "session {id} refused: its last {} turns failed (see the notes of those results). \
+                 Check the provider settings with `agentkimi doctor`, then start a new session; \
+                 the work so far is on branch agentkimi/{id}",
+                rec.failed_turns
+            )));
+        }
+        self.provider()?;
+        self.profile().await?;
+        let ws = workspace_of(&rec)?;
+        self.clone()
+            .turn(rec, ws, message.to_string(), cancel, progress)
+            .await
+    }
+
+    fn active_session(&self, id: &str) -> Result<SessionRecord, SessionError> {
+        let Some(rec) = self.store.session(id)? else {
+            return Err(SessionError::Invalid(format!(
+                "unknown session {id:?}; use the session_id returned by agentkimi_start, or start \
+                 a new session"
+            )));
+        };
+        if rec.state == SessionState::Ended {
+            return Err(SessionError::Unavailable(format!(
+                "session {id} has ended; its work is on branch agentkimi/{id}. Start a new \
+                 session to continue"
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Runs a turn in a detached task (see the module doc) and waits for it.
+    async fn turn(
+        self: Arc<Self>,
+        rec: SessionRecord,
+        ws: Workspace,
+        text: String,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<TurnResult, SessionError> {
+        if !self.store.acquire_lease(&rec.id)? {
+            return Err(SessionError::Unavailable(format!(
+                "session {} is busy with another turn; wait for it to finish, then send again",
+                rec.id
+            )));
+        }
+        let lease = Lease {
+            store: self.store.clone(),
+            id: rec.id.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _lease = lease;
+            self.run_turn(rec, ws, text, cancel, progress).await
+        });
+        task.await
+            .map_err(|e| SessionError::Internal(format!("the turn task failed: {e}")))?
+    }
+
+    async fn run_turn(
+        &self,
+        rec: SessionRecord,
+        ws: Workspace,
+        text: String,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<TurnResult, SessionError> {
+        let started = Instant::now();
+        let provider = self.provider()?;
+        let profile = self.profile().await?;
+        let id = rec.id.clone();
+
+        // A turn left running by a process that died: record it, and put its
+        // partial work on the branch before anything else happens.
+        let interrupted = self.store.mark_interrupted(&id)?;
+        if interrupted > 0 {
+            let ws2 = ws.clone();
+            let msg = "agentkimi: work of an interrupted turn".to_string();
+            blocking(move || workspace::commit_turn(&ws2, &msg)).await?;
+        }
+        {
+            let ws2 = ws.clone();
+            blocking(move || workspace::reopen_check(&ws2)).await?;
+        }
+
+        let turn = self.store.begin_turn(&id, &text)?;
+        let span = tracing::info_span!("turn", session = %id, turn);
+        let _enter = span.enter();
+        tracing::info!("turn started");
+
+        let start_dir = ws.worktree.join(&ws.subdir);
+        let system = agent::system_prompt(&ws.worktree, &start_dir, profile.network());
+        let on_event = |ev: TurnEvent| progress(describe(&ev));
+        let ctx = TurnContext {
+            provider: &provider,
+            profile: &profile,
+            store: &self.store,
+            session_id: &id,
+            turn,
+            worktree: &ws.worktree,
+            start_dir: &start_dir,
+            model: &rec.model,
+            max_tokens: self.config.max_tokens,
+            max_steps: self.config.max_steps,
+            timeout: self.config.turn_timeout,
+            cancel,
+            on_event: &on_event,
+        };
+        let outcome = agent::run_turn(&ctx, &system, &text).await;
+        drop(_enter);
+
+        // Record the work on the branch, then describe it.
+        let message = commit_message(turn, &text, &outcome.summary);
+        let ws2 = ws.clone();
+        let commit = blocking(move || workspace::commit_turn(&ws2, &message)).await;
+        let ws2 = ws.clone();
+        let diff = blocking(move || workspace::diff(&ws2)).await;
+
+        let mut note = outcome.note.clone();
+        let commit = match commit {
+            Ok(c) => c,
+            Err(e) => {
+                append_note(
+                    &mut note,
+                    &format!("the host could not commit this turn's changes: {e}"),
+                );
+                None
+            }
+        };
+        let (diff_text, files) = match diff {
+            Ok(d) => (d.text, d.files),
+            Err(e) => {
+                append_note(
+                    &mut note,
+                    &format!("the host could not compute the diff: {e}"),
+                );
+                (String::new(), Vec::new())
+            }
+        };
+        let (diff, diff_truncated, diff_path) = self.fit_diff(&id, turn, diff_text)?;
+
+        let record = TurnRecord {
+            session_id: id.clone(),
+            turn,
+            started_at: 0,
+            ended_at: Some(now_ms()),
+            status: outcome.status.as_str().to_string(),
+            prompt: text,
+            summary: outcome.summary.clone(),
+            steps: outcome.steps,
+            tool_calls: serde_json::to_value(&outcome.tool_calls).unwrap_or_default(),
+            usage: serde_json::to_value(outcome.usage).unwrap_or_default(),
+            note: note.clone(),
+        };
+        self.store.finish_turn(&record)?;
+
+        Ok(TurnResult {
+            session_id: id,
+            turn,
+            status: outcome.status,
+            test_output: agent::test_output(&outcome.summary),
+            summary: outcome.summary,
+            diff,
+            diff_truncated,
+            diff_path,
+            files_changed: files
+                .into_iter()
+                .map(|f| FileChanged {
+                    path: f.path,
+                    status: f.status.as_str().to_string(),
+                    additions: f.additions,
+                    deletions: f.deletions,
+                })
+                .collect(),
+            branch: ws.branch.clone(),
+            worktree: ws.worktree.display().to_string(),
+            commit,
+            steps: outcome.steps,
+            tool_calls: outcome.tool_calls,
+            usage: outcome.usage,
+            note,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Cuts a diff that is too long for a reply, saving it whole first.
+    fn fit_diff(
+        &self,
+        id: &str,
+        turn: u32,
+        diff: String,
+    ) -> Result<(String, bool, Option<String>), SessionError> {
+        if diff.len() <= MAX_INLINE_DIFF {
+            return Ok((diff, false, None));
+        }
+        let path = self
+            .config
+            .diffs_dir()
+            .join(format!("{id}-turn{turn}.diff"));
+        let tmp = path.with_extension("diff.tmp");
+        std::fs::write(&tmp, &diff)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                SessionError::Internal(format!("cannot save the diff to {}: {e}", path.display()))
+            })?;
+        let mut cut = MAX_INLINE_DIFF;
+        while !diff.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let cut = diff[..cut].rfind('\n').map(|i| i + 1).unwrap_or(cut);
+        let mut shown = diff[..cut].to_string();
+        shown.push_str(&format!(
+            "[diff cut at {cut} of {} bytes; the whole diff is in {}]\n",
+            diff.len(),
+            path.display()
+        ));
+        Ok((shown, true, Some(path.display().to_string())))
+    }
+
+    /// Ends a session: commits what is left, removes the worktree, keeps the
+    /// branch.
+    ///
+    /// # Errors
+    ///
+    /// Unknown session, a turn still running, or a host failure (then the
+    /// session stays active and nothing is removed).
+    pub async fn end(self: &Arc<Self>, id: &str) -> Result<EndResult, SessionError> {
+        let Some(rec) = self.store.session(id)? else {
+            return Err(SessionError::Invalid(format!(
+                "unknown session {id:?}; use the session_id returned by agentkimi_start"
+            )));
+        };
+        let ws = workspace_of(&rec)?;
+        let repository = match &ws.repo_root {
+            Some(r) => r.display().to_string(),
+            None => ws.gitdir.display().to_string(),
+        };
+        if rec.state == SessionState::Ended {
+            let ws2 = ws.clone();
+            let commits = blocking(move || workspace::commits_since_base(&ws2))
+                .await
+                .unwrap_or(0);
+            return Ok(end_result(
+                &rec.id,
+                &ws,
+                repository,
+                commits,
+                "The session had already ended.",
+            ));
+        }
+        if !self.store.acquire_lease(id)? {
+            return Err(SessionError::Unavailable(format!(
+                "session {id} is running a turn; wait for it to finish before ending the session"
+            )));
+        }
+        let _lease = Lease {
+            store: self.store.clone(),
+            id: id.to_string(),
+        };
+        self.store.mark_interrupted(id)?;
+
+        let ws2 = ws.clone();
+        let commits = blocking(move || {
+            // Anything not yet on the branch (an interrupted turn's work)
+            // is committed before the worktree goes away.
+            workspace::commit_turn(&ws2, "agentkimi: final state at session end")?;
+            let n = workspace::commits_since_base(&ws2)?;
+            workspace::remove(&ws2)?;
+            Ok(n)
+        })
+        .await?;
+        self.store.end_session(id)?;
+        tracing::info!(session = %id, commits, "session ended");
+        Ok(end_result(&rec.id, &ws, repository, commits, ""))
+    }
+}
+
+fn end_result(
+    id: &str,
+    ws: &Workspace,
+    repository: String,
+    commits: usize,
+    prefix: &str,
+) -> EndResult {
+    let git = match &ws.repo_root {
+        Some(_) => format!("git -C {repository}"),
+        None => format!("git --git-dir {repository}"),
+    };
+    let message = format!(
+        "{prefix}{}The work is on branch {} in {repository} ({commits} commit(s)). Review it with \
+         `{git} log -p {}..{}`; merge it with `git merge {}` in your repository, or delete it with \
+         `{git} branch -D {}`.",
+        if prefix.is_empty() { "" } else { " " },
+        ws.branch,
+        &ws.base_commit[..ws.base_commit.len().min(12)],
+        ws.branch,
+        ws.branch,
+        ws.branch,
+    );
+    EndResult {
+        session_id: id.to_string(),
+        ended: true,
+        branch: ws.branch.clone(),
+        repository,
+        commits,
+        worktree_removed: true,
+        message,
+    }
+}
+
+/// Gives the session's lease back when dropped, also when the turn panics.
+struct Lease {
+    store: Arc<Store>,
+    id: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.release_lease(&self.id) {
+            tracing::warn!(session = %self.id, "cannot release the session lease: {e:#}");
+        }
+    }
+}
+
+fn workspace_of(rec: &SessionRecord) -> Result<Workspace, SessionError> {
+    serde_json::from_value(rec.workspace.clone()).map_err(|e| {
+        SessionError::Internal(format!(
+            "session {} has a corrupt workspace record: {e}",
+            rec.id
+        ))
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, workspace::WorkspaceError> + Send + 'static,
+) -> Result<T, SessionError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::Internal(format!("git task failed: {e}")))?
+        .map_err(|e| SessionError::Internal(e.to_string()))
+}
+
+fn append_note(note: &mut Option<String>, extra: &str) {
+    *note = Some(match note.take() {
+        Some(n) => format!("{n}; {extra}"),
+        None => extra.to_string(),
+    });
+}
+
+fn commit_message(turn: u32, prompt: &str, summary: &str) -> String {
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(60)
+        .collect();
+    let body: String = summary.chars().take(2000).collect();
+    format!("agentkimi turn {turn}: {title}\n\n{body}\n")
+}
+
+/// A new session id: `kimi-` and 12 hex digits.
+pub fn new_session_id() -> String {
+    format!("kimi-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// One line a person understands, for progress notifications.
+pub fn describe(ev: &TurnEvent) -> String {
+    match ev {
+        TurnEvent::Step(n) => format!("Kimi is thinking (step {n})"),
+        TurnEvent::Retry(msg) => format!("Retrying the model request: {msg}"),
+        TurnEvent::ToolCall(c) => {
+            let secs = c.duration_ms as f64 / 1000.0;
+            match (&c.error, c.exit_code) {
+                (Some(e), _) => format!("{} {} — error: {e}", c.name, c.target),
+                (None, Some(code)) => {
+                    format!("{}: {} — exit {code}, {secs:.1} s", c.name, c.target)
+                }
+                (None, None) => format!("{} {}", c.name, c.target),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_distinct_and_branch_safe() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("kimi-") && a.len() == 17);
+        assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn progress_lines_read_like_a_log() {
+        let rec = ToolCallRecord {
+            name: "Bash".into(),
+            target: "cargo test".into(),
+            ok: true,
+            error: None,
+            exit_code: Some(0),
+            duration_ms: 3200,
+        };
+        assert_eq!(
+            describe(&TurnEvent::ToolCall(rec)),
+            "Bash: cargo test — exit 0, 3.2 s"
+        );
+    }
+}

@@ -1,1 +1,0 @@
-//! Worktrees, diffs and commits through git2.
