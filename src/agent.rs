@@ -128,6 +128,8 @@ pub struct TurnContext<'a> {
     pub max_steps: u32,
     /// Wall-clock limit.
     pub timeout: Duration,
+    /// Whether the host-side gate checks tool calls (off only in tests).
+    pub gate: bool,
     /// Fires when the caller cancels.
     pub cancel: CancellationToken,
     /// Told about each step and tool call.
@@ -161,7 +163,8 @@ changes must be made inside the working tree; paths elsewhere are refused or do 
 directory, read-only system directories. {net}
 - git does not work in the sandbox and you do not need it: the host records every change you \
 make and commits it for review after your turn. Do not try to commit, branch or push.
-- Tools: Read, Write, Edit, MultiEdit, Glob, Grep, LS and Bash. Read a file before editing it. \
+- Tools: Read, Write, Edit, MultiEdit, Glob, Grep, LS, Bash, and BashOutput and KillShell for \
+background commands. Read a file before editing it. \
 Prefer Edit over rewriting whole files. Use Glob and Grep to find code rather than guessing \
 paths. Bash commands have a timeout (2 minutes by default); do not start servers or other \
 processes that never exit.
@@ -333,7 +336,11 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                     msg,
                     true,
                 )
-            } else if let Some(refusal) = tools::gate(&name, &input, ctx.worktree) {
+            } else if let Some(refusal) = ctx
+                .gate
+                .then(|| tools::gate(&name, &input, ctx.worktree))
+                .flatten()
+            {
                 (
                     record_of(&name, &input, false, Some(refusal.clone()), None, started),
                     refusal,

@@ -89,6 +89,10 @@ pub struct Config {
     pub max_steps: u32,
     /// Largest number of output tokens requested per model call.
     pub max_tokens: u32,
+    /// Whether the host-side gate checks tool calls. Only the test suite
+    /// turns it off (`AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS=1`), to prove
+    /// that the sandbox holds without it.
+    pub gate: bool,
 }
 
 impl Config {
@@ -189,6 +193,7 @@ impl Config {
             turn_timeout: Duration::from_millis(turn_timeout_ms),
             max_steps: u32::try_from(max_steps).unwrap_or(u32::MAX),
             max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+            gate: get("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
         })
     }
 

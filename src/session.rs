@@ -459,6 +459,7 @@ impl Sessions {
             max_tokens: self.config.max_tokens,
             max_steps: self.config.max_steps,
             timeout: self.config.turn_timeout,
+            gate: self.config.gate,
             cancel,
             on_event: &on_event,
         };

@@ -146,15 +146,41 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "Bash",
-            "description": "Run a command with bash in the sandbox. The working directory carries over between calls (a `cd` sticks); environment variables and shell state do not. stdin is empty; stdout and stderr are returned together, followed by the exit code and duration. Output over about 30,000 characters is cut in the middle with a marker saying how much. `timeout` is in milliseconds: 120000 by default, 600000 at most; at the timeout the command and everything it started is killed. Processes left running when the command exits are stopped. There is no network and no git in the sandbox; the host records your changes.",
+            "description": "Run a command with bash in the sandbox. The working directory carries over between calls (a `cd` sticks); environment variables and shell state do not. stdin is empty; stdout and stderr are returned together, followed by the exit code and duration. Output over about 30,000 characters is cut in the middle with a marker saying how much. `timeout` is in milliseconds: 120000 by default, 600000 at most; at the timeout the command and everything it started is killed. Processes left running when the command exits are stopped. git does not work in the sandbox; the host records your changes.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "command": {"type": "string", "description": "The command line to run."},
                     "timeout": {"type": "integer", "minimum": 1, "maximum": 600000, "description": "Timeout in milliseconds."},
-                    "description": {"type": "string", "description": "Five to ten words on what the command does."}
+                    "description": {"type": "string", "description": "Five to ten words on what the command does."},
+                    "run_in_background": {"type": "boolean", "description": "Start the command in the background and return its shell id at once; read its output with BashOutput, stop it with KillShell. Background commands end with the turn."}
                 },
                 "required": ["command"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "BashOutput",
+            "description": "Return the output a background shell (started by Bash with run_in_background) produced since the last BashOutput call for it, and whether it is still running or its exit code. `filter` keeps only lines matching a regular expression; lines filtered out are not returned again.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "bash_id": {"type": "string", "description": "The shell id Bash returned."},
+                    "filter": {"type": "string", "description": "Regular expression; only matching lines are returned."}
+                },
+                "required": ["bash_id"],
+                "additionalProperties": false
+            }
+        }),
+        json!({
+            "name": "KillShell",
+            "description": "Stop a background shell and every process it started.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "shell_id": {"type": "string", "description": "The shell id Bash returned."}
+                },
+                "required": ["shell_id"],
                 "additionalProperties": false
             }
         }),
@@ -308,6 +334,17 @@ mod tests {
         for s in &specs {
             assert_eq!(s["input_schema"]["type"], "object", "{}", s["name"]);
             assert!(s["description"].as_str().unwrap().len() > 40);
+        }
+    }
+
+    #[test]
+    fn every_offered_tool_is_one_the_executor_runs() {
+        let executor: Vec<&str> = crate::executor::tool_names().to_vec();
+        for name in names() {
+            assert!(
+                executor.contains(&name.as_str()),
+                "{name} is offered but not executed"
+            );
         }
     }
 
