@@ -130,6 +130,9 @@ pub struct TurnContext<'a> {
     pub timeout: Duration,
     /// Whether the host-side gate checks tool calls (off only in tests).
     pub gate: bool,
+    /// The model's context window in tokens; older tool outputs are
+    /// compacted when the transcript nears it.
+    pub context_tokens: usize,
     /// Fires when the caller cancels.
     pub cancel: CancellationToken,
     /// Told about each step and tool call.
@@ -226,6 +229,13 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
     while out.steps < ctx.max_steps {
         out.steps += 1;
         (ctx.on_event)(TurnEvent::Step(out.steps));
+        let compacted = compact(&mut messages, ctx.context_tokens);
+        if compacted > 0 {
+            tracing::info!(
+                compacted,
+                "compacted old tool outputs to stay within the context window"
+            );
+        }
         let req = StepRequest {
             model: ctx.model,
             system,
@@ -575,6 +585,84 @@ fn load_transcript(ctx: &TurnContext<'_>) -> anyhow::Result<Vec<Message>> {
     Ok(messages)
 }
 
+/// Messages at the end of the transcript that compaction never touches: the
+/// model needs its latest tool outputs verbatim.
+const KEEP_RECENT: usize = 8;
+/// Tool outputs and inputs shorter than this are not worth compacting.
+const COMPACT_MIN_CHARS: usize = 400;
+
+/// A rough token count: about four bytes of JSON per token. Good enough to
+/// decide when to compact; the provider's own count is in each step's usage.
+fn estimate_tokens(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .flat_map(|m| m.content.iter())
+        .map(|b| b.to_string().len() / 4)
+        .sum()
+}
+
+/// Keeps the transcript within the model's context window. When the
+/// estimate passes three quarters of `context_tokens`, the oldest tool
+/// outputs (and large tool inputs, such as whole files given to Write) are
+/// replaced by a short marker, oldest first, until the estimate is under
+/// half the window. The model is told what was removed, so it can re-run a
+/// tool when it needs the output again. Only the copy sent to the model is
+/// compacted; the stored transcript stays whole. Returns how many blocks
+/// were compacted.
+fn compact(messages: &mut [Message], context_tokens: usize) -> usize {
+    let mut estimate = estimate_tokens(messages);
+    if estimate <= context_tokens / 4 * 3 {
+        return 0;
+    }
+    let target = context_tokens / 2;
+    let end = messages.len().saturating_sub(KEEP_RECENT);
+    let mut compacted = 0;
+    for m in &mut messages[..end] {
+        for block in &mut m.content {
+            if estimate <= target {
+                return compacted;
+            }
+            let before = block.to_string().len() / 4;
+            let changed = match block["type"].as_str() {
+                Some("tool_result") => compact_string(&mut block["content"], "output"),
+                Some("tool_use") => match block.get_mut("input").and_then(Value::as_object_mut) {
+                    Some(input) => {
+                        let mut any = false;
+                        for v in input.values_mut() {
+                            any |= compact_string(v, "input");
+                        }
+                        any
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+            if changed {
+                compacted += 1;
+                estimate = estimate.saturating_sub(before) + block.to_string().len() / 4;
+            }
+        }
+    }
+    compacted
+}
+
+fn compact_string(value: &mut Value, what: &str) -> bool {
+    let len = match value {
+        Value::String(s) if s.len() >= COMPACT_MIN_CHARS => s.len(),
+        // Tool results may also carry content as a list of text blocks.
+        Value::Array(items) => items.iter().map(|i| i.to_string().len()).sum(),
+        _ => return false,
+    };
+    if len < COMPACT_MIN_CHARS {
+        return false;
+    }
+    *value = Value::String(format!(
+        "[{what} of {len} bytes removed to keep the conversation within the context window; \
+         run the tool again if you need it]"
+    ));
+    true
+}
+
 /// The content of the last fenced code block in `summary`: by the system
 /// prompt's convention, the test output.
 pub fn test_output(summary: &str) -> Option<String> {
@@ -612,6 +700,50 @@ mod tests {
         assert!(p.contains("Start in /w/t/sub"));
         assert!(p.contains("git does not work"));
         assert!(p.contains("no network"));
+    }
+
+    #[test]
+    fn compaction_shrinks_old_outputs_and_keeps_recent_ones_and_ids() {
+        let big = "x".repeat(40_000);
+        let mut messages = Vec::new();
+        for i in 0..30 {
+            messages.push(Message {
+                role: "assistant".into(),
+                content: vec![
+                    json!({"type": "tool_use", "id": format!("t{i}"), "name": "Write",
+                                     "input": {"file_path": "f", "content": big}}),
+                ],
+            });
+            messages.push(Message {
+                role: "user".into(),
+                content: vec![tool_result(&format!("t{i}"), &big, false)],
+            });
+        }
+        let before = estimate_tokens(&messages);
+        let n = compact(&mut messages, 200_000);
+        assert!(n > 0);
+        assert!(
+            estimate_tokens(&messages) <= 100_000,
+            "{} of {before}",
+            estimate_tokens(&messages)
+        );
+        // Ids survive; the last messages are untouched.
+        assert_eq!(messages[0].content[0]["id"], "t0");
+        assert_eq!(messages[1].content[0]["tool_use_id"], "t0");
+        assert!(
+            messages[1].content[0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("removed")
+        );
+        let last = messages.last().unwrap();
+        assert_eq!(
+            last.content[0]["content"].as_str().unwrap().len(),
+            big.len()
+        );
+        // Under the threshold nothing changes.
+        let mut small = messages[..2].to_vec();
+        assert_eq!(compact(&mut small, 200_000), 0);
     }
 
     #[test]

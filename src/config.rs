@@ -89,6 +89,11 @@ pub struct Config {
     pub max_steps: u32,
     /// Largest number of output tokens requested per model call.
     pub max_tokens: u32,
+    /// The model's context window in tokens (`AGENTKIMI_CONTEXT_TOKENS`).
+    pub context_tokens: usize,
+    /// First retry delay of a failed model request; later ones double
+    /// (`AGENTKIMI_RETRY_BASE_MS`, default 1000; tests shorten it).
+    pub retry_base: Duration,
     /// Whether the host-side gate checks tool calls. Only the test suite
     /// turns it off (`AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS=1`), to prove
     /// that the sandbox holds without it.
@@ -193,6 +198,13 @@ impl Config {
             turn_timeout: Duration::from_millis(turn_timeout_ms),
             max_steps: u32::try_from(max_steps).unwrap_or(u32::MAX),
             max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+            context_tokens: usize::try_from(parse_number(
+                &get,
+                "AGENTKIMI_CONTEXT_TOKENS",
+                256_000,
+            )?)
+            .unwrap_or(usize::MAX),
+            retry_base: Duration::from_millis(parse_number(&get, "AGENTKIMI_RETRY_BASE_MS", 1000)?),
             gate: get("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
         })
     }

@@ -105,14 +105,89 @@ fn serve() -> anyhow::Result<()> {
             "agentkimi serving MCP on stdio"
         );
         use rmcp::ServiceExt;
-        let service = mcp::Server::new(sessions)
-            .serve(rmcp::transport::stdio())
+        // Turns a previous server left running when it died: committed and
+        // marked interrupted in the background, so start-up stays fast.
+        let recovering = sessions.clone();
+        tokio::spawn(async move {
+            recovering.recover().await;
+            match recovering.gc().await {
+                Ok(report) => {
+                    for line in &report.removed {
+                        tracing::info!("housekeeping removed {line}");
+                    }
+                    for line in &report.failed {
+                        tracing::warn!("housekeeping could not remove {line}");
+                    }
+                }
+                Err(e) => tracing::warn!("housekeeping failed: {e}"),
+            }
+        });
+
+        let (stdin, stdout) = rmcp::transport::stdio();
+        let eof = tokio_util::sync::CancellationToken::new();
+        let stdin = NoticeEof {
+            inner: stdin,
+            eof: eof.clone(),
+        };
+        let service = mcp::Server::new(sessions.clone())
+            .serve((stdin, stdout))
             .await
             .context("MCP initialisation failed")?;
-        service.waiting().await.context("MCP service failed")?;
-        tracing::info!("client closed the connection; exiting");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let cancel = service.cancellation_token();
+        tokio::select! {
+            r = service.waiting() => {
+                if let Err(e) = r {
+                    tracing::warn!("MCP service ended with an error: {e}");
+                }
+                tracing::info!("the MCP service ended; stopping");
+            }
+            // rmcp waits for running requests before it lets go of a closed
+            // connection; a turn can run for minutes, so stop turns as soon
+            // as the client is gone.
+            _ = eof.cancelled() => {
+                tracing::info!("client closed the connection; stopping");
+                cancel.cancel();
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received; stopping");
+                cancel.cancel();
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; stopping");
+                cancel.cancel();
+            }
+        }
+        // Running turns are cancelled, and each commits its work and records
+        // how it ended before the process exits.
+        sessions.shutdown(std::time::Duration::from_secs(20)).await;
         Ok(())
     })
+}
+
+/// Standard input that tells when the client closed it.
+struct NoticeEof<R> {
+    inner: R,
+    eof: tokio_util::sync::CancellationToken,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for NoticeEof<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &poll
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.eof.cancel();
+        }
+        poll
+    }
 }
 
 fn doctor() -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use serde::Serialize;
 use tokio::sync::OnceCell;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     agent::{self, ToolCallRecord, TurnContext, TurnEvent, TurnStatus},
@@ -200,6 +200,11 @@ pub struct Sessions {
     store: Arc<Store>,
     provider: Result<Arc<Provider>, String>,
     profile: OnceCell<Result<Arc<Profile>, String>>,
+    /// Fires when the server shuts down; every running turn's token is a
+    /// child of it.
+    shutdown: CancellationToken,
+    /// The running turn tasks, so shutdown can wait for them to commit.
+    tracker: TaskTracker,
 }
 
 impl Sessions {
@@ -233,7 +238,136 @@ impl Sessions {
             store,
             provider,
             profile: OnceCell::new(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
         })
+    }
+
+    /// Stops every running turn and waits up to `grace` for each to commit
+    /// its work and record how it ended. Called when the client goes away or
+    /// the server is told to stop.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "turns still running after {} s of shutdown; their sessions will show the turn \
+                 as interrupted and commit its work on the next send",
+                grace.as_secs()
+            );
+        }
+    }
+
+    /// Recovers sessions whose turn was running in a process that died:
+    /// marks the turn interrupted and commits the partial work on the
+    /// session branch, so it is on the branch even if the session is never
+    /// sent to again. Sessions held by a live process are left alone.
+    pub async fn recover(&self) {
+        let ids = match self.store.sessions_with_running_turns() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("cannot look for interrupted turns: {e:#}");
+                return;
+            }
+        };
+        for id in ids {
+            match self.recover_one(&id).await {
+                Ok(true) => tracing::info!(session = %id, "recovered an interrupted turn"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(session = %id, "cannot recover the interrupted turn: {e}"),
+            }
+        }
+    }
+
+    /// Housekeeping: removes the worktrees of ended sessions that are still
+    /// on disk, and the leftovers of starts that crashed before recording
+    /// their session (worktree or scratch git dir with no session row, older
+    /// than [`LEFTOVER_AGE`] so a start in progress in another process is
+    /// never touched). Branches, commits and live sessions are never touched.
+    ///
+    /// # Errors
+    ///
+    /// Store errors; a single directory that cannot be removed is reported in
+    /// the result instead.
+    pub async fn gc(&self) -> Result<GcReport, SessionError> {
+        let mut report = GcReport::default();
+        let states = self.store.session_states()?;
+        for (id, state) in &states {
+            if *state != SessionState::Ended {
+                continue;
+            }
+            let Some(rec) = self.store.session(id)? else {
+                continue;
+            };
+            let ws = workspace_of(&rec)?;
+            if std::fs::symlink_metadata(&ws.worktree).is_err() {
+                continue;
+            }
+            match blocking(move || workspace::remove(&ws)).await {
+                Ok(()) => report
+                    .removed
+                    .push(format!("worktree of ended session {id}")),
+                Err(e) => report.failed.push(format!("{id}: {e}")),
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            states.iter().map(|(id, _)| id.as_str()).collect();
+        for dir in [self.config.worktrees_dir(), self.config.gitdirs_dir()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if known.contains(name.as_str()) || !name.starts_with("kimi-") {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let old_enough = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age >= LEFTOVER_AGE);
+                if !old_enough {
+                    continue;
+                }
+                // Never follow a link: remove the link itself.
+                let removed = if meta.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => report.removed.push(format!("leftover {}", path.display())),
+                    Err(e) => report.failed.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn recover_one(&self, id: &str) -> Result<bool, SessionError> {
+        if !self.store.acquire_lease(id)? {
+            return Ok(false);
+        }
+        let _lease = Lease {
+            store: self.store.clone(),
+            id: id.to_string(),
+        };
+        let Some(rec) = self.store.session(id)? else {
+            return Ok(false);
+        };
+        // Commit first, then record the turn as interrupted: whoever sees
+        // "interrupted" can rely on the work being on the branch.
+        let ws = workspace_of(&rec)?;
+        blocking(move || workspace::commit_turn(&ws, "agentkimi: work of an interrupted turn"))
+            .await?;
+        Ok(self.store.mark_interrupted(id)? > 0)
     }
 
     /// The store, for commands that read it directly.
@@ -405,9 +539,22 @@ impl Sessions {
             store: self.store.clone(),
             id: rec.id.clone(),
         };
-        let task = tokio::spawn(async move {
+        // The turn stops when its request is cancelled or the server shuts
+        // down, whichever comes first.
+        let turn_cancel = self.shutdown.child_token();
+        let watch = turn_cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => watch.cancel(),
+                _ = watch.cancelled() => {}
+            }
+        });
+        let this = self.clone();
+        let task = self.tracker.spawn(async move {
             let _lease = lease;
-            self.run_turn(rec, ws, text, cancel, progress).await
+            // Ends the watcher above once the turn is over.
+            let _done = turn_cancel.clone().drop_guard();
+            this.run_turn(rec, ws, text, turn_cancel, progress).await
         });
         task.await
             .map_err(|e| SessionError::Internal(format!("the turn task failed: {e}")))?
@@ -460,6 +607,7 @@ impl Sessions {
             max_steps: self.config.max_steps,
             timeout: self.config.turn_timeout,
             gate: self.config.gate,
+            context_tokens: self.config.context_tokens,
             cancel,
             on_event: &on_event,
         };
@@ -663,6 +811,19 @@ fn end_result(
         worktree_removed: true,
         message,
     }
+}
+
+/// How old an unrecorded worktree or git dir must be before housekeeping
+/// treats it as the leftover of a crashed start.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What housekeeping removed, and what it could not.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// One line per removed directory.
+    pub removed: Vec<String>,
+    /// One line per directory that could not be removed, with the reason.
+    pub failed: Vec<String>,
 }
 
 /// Gives the session's lease back when dropped, also when the turn panics.

@@ -471,6 +471,43 @@ impl Store {
         )?)
     }
 
+    /// Ids of active sessions with a turn recorded as running (by this or
+    /// another process, alive or dead).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn sessions_with_running_turns(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT t.session_id FROM turns t JOIN sessions s ON s.id = t.session_id
+             WHERE t.status = 'running' AND s.state = 'active'",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(ids)
+    }
+
+    /// Every session's id and state.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn session_states(&self) -> Result<Vec<(String, SessionState)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id, state FROM sessions")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    SessionState::parse(&r.get::<_, String>(1)?),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     /// Loads one turn record.
     ///
     /// # Errors

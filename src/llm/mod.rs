@@ -9,7 +9,7 @@
 
 pub mod anthropic;
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,6 +116,8 @@ impl Provider {
     ///
     /// No API key, or a protocol this build does not speak.
     pub fn from_config(config: &Config) -> anyhow::Result<Provider> {
+        // One process serves one configuration; the first one sets the pace.
+        let _ = RETRY_BASE.set(config.retry_base);
         let Some(key) = config.api_key.clone() else {
             anyhow::bail!(
                 "no API key: set KIMI_API_KEY (or MOONSHOT_API_KEY) in the server's environment, \
@@ -181,11 +183,16 @@ impl Provider {
     }
 }
 
-/// Exponential backoff with full jitter: a random wait up to 1 s, 2 s, 4 s,
-/// ... capped at 30 s. Jitter keeps many sessions that failed together from
-/// retrying together.
+/// First retry delay, from the configuration.
+static RETRY_BASE: OnceLock<Duration> = OnceLock::new();
+
+/// Exponential backoff with jitter: a random wait between half and all of
+/// 1 s, 2 s, 4 s, ... (from the configured base) capped at 30 s. Jitter keeps
+/// many sessions that failed together from retrying together.
 fn backoff(attempt: u32) -> Duration {
-    let cap_ms = (1000u64 << attempt.saturating_sub(1).min(5)).min(30_000);
+    let base = RETRY_BASE.get().copied().unwrap_or(Duration::from_secs(1));
+    let base_ms = u64::try_from(base.as_millis()).unwrap_or(1000).max(1);
+    let cap_ms = (base_ms << attempt.saturating_sub(1).min(5)).min(30_000);
     let ms = rand::random_range(cap_ms / 2..=cap_ms);
     Duration::from_millis(ms)
 }

@@ -66,6 +66,9 @@ impl ClientHandler for HarnessClient {
     }
 }
 
+/// Numbers sibling servers' logs.
+static SIBLINGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Configures and spawns an [`McpClient`].
 pub struct McpClientBuilder {
     base_url: String,
@@ -175,6 +178,7 @@ impl McpClientBuilder {
 }
 
 /// How to (re)start the server; kept so `restart` spawns the same thing.
+#[derive(Clone)]
 struct Settings {
     program: PathBuf,
     args: Vec<String>,
@@ -284,6 +288,49 @@ impl McpClient {
         }
     }
 
+    /// Spawns a second server on the same `AGENTKIMI_HOME`, as a second MCP
+    /// client on the same machine would; its stderr goes to its own log.
+    pub async fn sibling(&self) -> McpClient {
+        let mut settings = self.settings.clone();
+        let n = SIBLINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        settings.log_path = settings
+            .log_path
+            .with_file_name(format!("sibling-{n}-stderr.log"));
+        let mut client = McpClient {
+            service: None,
+            pid: None,
+            spawns: 0,
+            api_key: self.api_key.clone(),
+            home: self.home.clone(),
+            user_home: self.user_home.clone(),
+            settings,
+            dir: None,
+        };
+        client.launch().await;
+        client
+    }
+
+    /// Calls tool `name` and returns the protocol-level outcome instead of
+    /// panicking on it: for tests in which the server dies mid-call.
+    pub async fn try_call(&self, name: &str, args: Value) -> Result<CallToolResult, String> {
+        let Value::Object(arguments) = args else {
+            return Err(format!("tool arguments must be a JSON object, not {args}"));
+        };
+        let params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
+        let service = self.service();
+        match tokio::time::timeout(self.settings.call_timeout, service.call_tool(params)).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("{name} did not answer in time")),
+        }
+    }
+
+    /// The client side of the connection, for requests the helpers above do
+    /// not cover (a cancellable request, say).
+    pub fn peer(&self) -> rmcp::Peer<rmcp::RoleClient> {
+        self.service().peer().clone()
+    }
+
     /// `agentkimi_start`; returns the `structuredContent` of a successful
     /// result.
     ///
@@ -336,6 +383,15 @@ impl McpClient {
         }
         self.pid = None;
         self.launch().await;
+    }
+
+    /// Closes the connection as [`Self::shutdown`] does, but keeps the state
+    /// directory for inspection until the client is dropped.
+    pub async fn close(&mut self) {
+        if let Some(service) = self.service.take() {
+            let _ = service.cancel().await;
+        }
+        self.pid = None;
     }
 
     /// Ends the connection the way a well-behaved client does: closes the

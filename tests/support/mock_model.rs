@@ -560,6 +560,10 @@ enum ReplyBody {
         status: u16,
         body: Value,
     },
+    /// Raw bytes for a `text/event-stream` body, written as given, then the
+    /// connection closes: for streams cut mid-event or events no real
+    /// provider would send.
+    RawSse(String),
     /// The script was not written for this call: answer with a final text
     /// so the turn ends, and record the failure.
     Unexpected(String),
@@ -593,6 +597,17 @@ impl Reply {
     /// Tool calls, `stop_reason: "tool_use"`.
     pub fn tools(calls: Vec<ToolUse>) -> Reply {
         Reply::message(calls.into_iter().map(ReplyBlock::Tool).collect())
+    }
+
+    /// A 200 `text/event-stream` answer whose body is exactly `body`, after
+    /// which the connection closes: a fault injector for broken streams.
+    /// [`sse_text`] renders well-formed events to build on.
+    pub fn raw_sse(body: impl Into<String>) -> Reply {
+        Reply {
+            body: ReplyBody::RawSse(body.into()),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
 
     /// An HTTP error with `status` and the JSON `body`, e.g. Anthropic's
@@ -803,6 +818,14 @@ pub fn sse_events(message: &Value) -> Vec<(String, Value)> {
     events
 }
 
+/// The SSE text of `events` (as [`sse_events`] returns them).
+pub fn sse_text(events: &[(String, Value)]) -> String {
+    events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect()
+}
+
 fn event(name: &str, data: Value) -> (String, Value) {
     (name.to_owned(), data)
 }
@@ -950,6 +973,10 @@ fn answer(shared: &Shared, stream: &mut TcpStream, request: &Request) -> std::io
     let message = match &reply.body {
         ReplyBody::Error { status, body } => {
             return write_json(stream, *status, &reply.headers, body);
+        }
+        ReplyBody::RawSse(body) => {
+            write_head(stream, 200, "text/event-stream", None, &reply.headers)?;
+            return stream.write_all(body.as_bytes());
         }
         ReplyBody::Unexpected(why) => {
             let failure = format!(
