@@ -47,7 +47,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Write",
-            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Prefer Edit for changing part of an existing file.",
+            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Replacing an existing file is refused unless you have Read it in this session and it has not changed since (a Bash command that rewrote it counts as a change); then Read it and try again. Prefer Edit for changing part of an existing file.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -60,7 +60,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Edit",
-            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved.",
+            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved. You must have Read the file in this session, and Read it again if it changed since, or the edit is refused. The result shows the edited region with line numbers.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -75,7 +75,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "MultiEdit",
-            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit.",
+            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit. The same Read rule as Edit applies.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -101,7 +101,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Glob",
-            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). Files ignored by .gitignore and hidden files are skipped. Results are absolute paths, most recently modified first, at most 100.",
+            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). `*` does not cross `/`, so `*.rs` finds files directly in `path` only; use `**/*.rs` for any depth. Files ignored by .gitignore and hidden files (names starting with a dot) are skipped, whatever the pattern. Results are absolute paths, most recently modified first, at most 100 with a note when more matched.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -114,7 +114,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Grep",
-            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. `output_mode`: `files_with_matches` (default; matching file paths), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
+            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. Hidden and binary files are skipped. `output_mode`: `files_with_matches` (default; matching file paths, newest first), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Paths in the output are absolute. Output over 30,000 characters is cut with a note. Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -137,7 +137,7 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "LS",
-            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`. `ignore` takes glob patterns of names to leave out.",
+            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`, hidden and git-ignored entries included, at most 1000. `ignore` takes glob patterns of names to leave out. Use Glob to find files in subdirectories.",
             "input_schema": {
                 "type": "object",
                 "properties": {

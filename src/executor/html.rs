@@ -135,11 +135,7 @@ pub(super) fn to_text(html: &str, base: Option<&reqwest::Url>) -> String {
                 };
                 w.raw(&format!("{}{mark}", "  ".repeat(depth)));
             }
-            ("td" | "th", false) => {
-                if !w.at_line_start() {
-                    w.inline(" | ");
-                }
-            }
+            ("td" | "th", false) if !w.at_line_start() => w.inline(" | "),
             ("a", false) => {
                 let href = tag.attr("href").and_then(|h| link_target(&h, base));
                 links.push(href.map(|h| (w.out.len(), h)));
