@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Network,
     llm::{LlmError, Message, Provider, StepRequest, Usage},
+    reads::ReadLedger,
     sandbox::{Profile, Sandbox},
     store::{Store, StoredMessage},
+    todos::{self, TodoItem},
     tools,
 };
 
@@ -75,6 +77,25 @@ pub struct ToolCallRecord {
     pub duration_ms: u64,
 }
 
+/// One shell command the model ran with Bash in a turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CommandRecord {
+    /// The command line as the model sent it.
+    pub command: String,
+    /// Its exit code; `None` when it was killed (timeout, signal), failed to
+    /// start, or was started in the background.
+    pub exit_code: Option<i32>,
+    /// Time the call took, in milliseconds.
+    pub duration_ms: u64,
+    /// Whether it was killed at its timeout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    /// Whether it was started with `run_in_background` (its exit code is
+    /// then not known when the call returns).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
+}
+
 /// The result of one turn.
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
@@ -86,6 +107,10 @@ pub struct TurnOutcome {
     pub steps: u32,
     /// Tool calls made, in order.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// Bash commands run, in order.
+    pub commands: Vec<CommandRecord>,
+    /// The session's todo list as it stands at the end of the turn.
+    pub todos: Vec<TodoItem>,
     /// Tokens used in this turn.
     pub usage: Usage,
     /// Why the turn stopped early, in words for the caller.
@@ -101,6 +126,8 @@ pub enum TurnEvent {
     Retry(String),
     /// A tool call finished.
     ToolCall(ToolCallRecord),
+    /// The model rewrote its todo list.
+    Todos(Vec<TodoItem>),
 }
 
 /// Everything one turn needs.
@@ -166,11 +193,15 @@ changes must be made inside the working tree; paths elsewhere are refused or do 
 directory, read-only system directories. {net}
 - git does not work in the sandbox and you do not need it: the host records every change you \
 make and commits it for review after your turn. Do not try to commit, branch or push.
-- Tools: Read, Write, Edit, MultiEdit, Glob, Grep, LS, Bash, and BashOutput and KillShell for \
-background commands. Read a file before editing it. \
-Prefer Edit over rewriting whole files. Use Glob and Grep to find code rather than guessing \
-paths. Bash commands have a timeout (2 minutes by default); do not start servers or other \
-processes that never exit.
+- Tools: Read, Write, Edit, MultiEdit, Glob, Grep, LS, Bash, BashOutput and KillShell for \
+background commands, and TodoWrite for your plan{web}. You must Read a file in this session \
+before you Edit it or overwrite it with Write, and Read it again if it changed since (for \
+example after a Bash command rewrote it); otherwise the call is refused. Prefer Edit over \
+rewriting whole files. Use Glob and Grep to find code rather than guessing paths. Bash commands \
+have a timeout (2 minutes by default); start servers and watchers with run_in_background, and \
+know that every background process is stopped when your turn ends.
+- For a task of several steps, keep a todo list with TodoWrite and update it as you go; the \
+engineer sees it.
 
 # How to work
 - Understand the relevant code first, then change it, then verify: build it and run the tests \
@@ -187,6 +218,11 @@ relevant part;
 4. anything left undone, assumptions you made, or risks to review.",
         wt = worktree.display(),
         start = start_dir.display(),
+        web = if network == Network::On {
+            ", and WebFetch to read a web page"
+        } else {
+            ""
+        },
     )
 }
 
@@ -197,14 +233,17 @@ relevant part;
 pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> TurnOutcome {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + ctx.timeout;
-    let specs = tools::specs();
-    let known_tools = tools::names();
+    let network = ctx.profile.network();
+    let specs = tools::specs(network);
+    let known_tools = tools::names(network);
 
     let mut out = TurnOutcome {
         status: TurnStatus::Completed,
         summary: String::new(),
         steps: 0,
         tool_calls: Vec::new(),
+        commands: Vec::new(),
+        todos: Vec::new(),
         usage: Usage::default(),
         note: None,
     };
@@ -212,6 +251,16 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
     let mut messages = match load_transcript(ctx) {
         Ok(m) => m,
         Err(e) => return failed(out, format!("cannot read the session's transcript: {e:#}")),
+    };
+    let mut ledger = match ReadLedger::load(ctx.store, ctx.session_id, ctx.worktree, &messages) {
+        Ok(l) => l,
+        Err(e) => return failed(out, format!("cannot load the files read so far: {e:#}")),
+    };
+    out.todos = match ctx.store.todos(ctx.session_id) {
+        Ok(v) => v
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        Err(e) => return failed(out, format!("cannot load the session's todo list: {e:#}")),
     };
     let user = Message {
         role: "user".into(),
@@ -356,6 +405,30 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                     refusal,
                     true,
                 )
+            } else if let Some(refusal) = ledger.check(&name, &input, ctx.worktree) {
+                (
+                    record_of(&name, &input, false, Some(refusal.clone()), None, started),
+                    refusal,
+                    true,
+                )
+            } else if name == "TodoWrite" {
+                match todo_write(ctx, &input) {
+                    Ok(list) => {
+                        let text = todos::result_text(&list);
+                        (ctx.on_event)(TurnEvent::Todos(list.clone()));
+                        out.todos = list;
+                        (
+                            record_of(&name, &input, true, None, None, started),
+                            text,
+                            false,
+                        )
+                    }
+                    Err(why) => (
+                        record_of(&name, &input, false, Some(why.clone()), None, started),
+                        why,
+                        true,
+                    ),
+                }
             } else {
                 let call = execute(ctx, &mut sandbox, &name, &input);
                 let outcome = tokio::select! {
@@ -365,6 +438,20 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                 };
                 match outcome {
                     Ok(Ok(resp)) => {
+                        if resp.ok
+                            && let Err(e) = ledger.record(
+                                ctx.store,
+                                ctx.session_id,
+                                &name,
+                                &input,
+                                ctx.worktree,
+                            )
+                        {
+                            tracing::warn!("cannot record a file the model read: {e:#}");
+                        }
+                        if name == "Bash" {
+                            out.commands.push(command_record(&input, &resp));
+                        }
                         let err = (!resp.ok).then(|| first_line(&resp.output));
                         let rec =
                             record_of(&name, &input, resp.ok, err, resp.meta.exit_code, started);
@@ -467,6 +554,29 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
         "turn ended"
     );
     out
+}
+
+/// Runs TodoWrite on the host: checks the list and stores it for the
+/// session.
+fn todo_write(ctx: &TurnContext<'_>, input: &Value) -> Result<Vec<TodoItem>, String> {
+    let list = todos::parse(input)?;
+    let value = serde_json::to_value(&list)
+        .map_err(|e| format!("TodoWrite: cannot encode the list: {e}"))?;
+    ctx.store
+        .set_todos(ctx.session_id, &value)
+        .map_err(|e| format!("TodoWrite: the host could not save the list ({e:#}); try again"))?;
+    Ok(list)
+}
+
+/// What the result's `commands` list says about one Bash call.
+fn command_record(input: &Value, resp: &crate::protocol::ExecResponse) -> CommandRecord {
+    CommandRecord {
+        command: input["command"].as_str().unwrap_or_default().to_string(),
+        exit_code: resp.meta.exit_code,
+        duration_ms: resp.meta.duration_ms,
+        timed_out: resp.meta.timed_out,
+        background: input["run_in_background"] == Value::Bool(true),
+    }
 }
 
 fn failed(mut out: TurnOutcome, note: String) -> TurnOutcome {
@@ -700,6 +810,11 @@ mod tests {
         assert!(p.contains("Start in /w/t/sub"));
         assert!(p.contains("git does not work"));
         assert!(p.contains("no network"));
+        assert!(p.contains("TodoWrite"));
+        assert!(p.contains("Read a file in this session before you Edit it"));
+        assert!(!p.contains("WebFetch"));
+        let p = system_prompt(Path::new("/w/t"), Path::new("/w/t"), Network::On);
+        assert!(p.contains("WebFetch"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! `mcp` (the MCP tools), `session` (start, send, end), `agent` (the turn
 //! loop), `llm` (model providers), `tools` (what the model is offered, and
 //! the host-side gate), `sandbox` (bwrap), `workspace` (git), `store`
-//! (SQLite) and `config`. Inside the sandbox: `executor`. The two sides share
-//! only the wire types in `protocol`.
+//! (SQLite) and `config`; `reads` keeps the read-before-write rule and
+//! `todos` the model's task list (TodoWrite, which the host answers
+//! itself). Inside the sandbox: `executor`. The two sides share only the
+//! wire types in `protocol`.
 
 pub mod agent;
 pub mod config;
@@ -15,8 +17,10 @@ pub mod executor;
 pub mod llm;
 pub mod mcp;
 pub mod protocol;
+pub mod reads;
 pub mod sandbox;
 pub mod session;
 pub mod store;
+pub mod todos;
 pub mod tools;
 pub mod workspace;

@@ -14,11 +14,12 @@ use tokio::sync::OnceCell;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    agent::{self, ToolCallRecord, TurnContext, TurnEvent, TurnStatus},
+    agent::{self, CommandRecord, ToolCallRecord, TurnContext, TurnEvent, TurnStatus},
     config::Config,
     llm::{Provider, Usage},
     sandbox::Profile,
     store::{SessionRecord, SessionState, Store, TurnRecord, now_ms},
+    todos::{self, TodoItem},
     workspace::{self, Workspace},
 };
 
@@ -95,6 +96,10 @@ pub struct TurnResult {
     pub steps: u32,
     /// Tool calls made in the turn, in order.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// Shell commands Kimi ran with Bash in the turn, with exit codes.
+    pub commands: Vec<CommandRecord>,
+    /// Kimi's todo list for the session, as it stands after the turn.
+    pub todos: Vec<TodoItem>,
     /// Tokens used in the turn.
     pub usage: Usage,
     /// Why the turn stopped early, if it did.
@@ -167,6 +172,27 @@ impl TurnResult {
                 };
                 s.push_str(&format!("- {} {} — {}\n", c.name, c.target, outcome));
             }
+        }
+        if !self.commands.is_empty() {
+            s.push_str("\n## Commands\n\n");
+            for c in &self.commands {
+                let how = match (c.exit_code, c.timed_out, c.background) {
+                    (_, _, true) => "started in the background".to_string(),
+                    (_, true, _) => "timed out".to_string(),
+                    (Some(code), _, _) => format!("exit {code}"),
+                    (None, _, _) => "no exit code".to_string(),
+                };
+                let line = c.command.split_whitespace().collect::<Vec<_>>().join(" ");
+                s.push_str(&format!(
+                    "- `{line}` — {how}, {:.1} s\n",
+                    c.duration_ms as f64 / 1000.0
+                ));
+            }
+        }
+        if !self.todos.is_empty() {
+            s.push_str("\n## Todos\n\n");
+            s.push_str(&todos::render(&self.todos));
+            s.push('\n');
         }
         s.push_str("\n## Diff\n\n");
         if self.diff.is_empty() {
@@ -682,6 +708,8 @@ impl Sessions {
             commit,
             steps: outcome.steps,
             tool_calls: outcome.tool_calls,
+            commands: outcome.commands,
+            todos: outcome.todos,
             usage: outcome.usage,
             note,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -887,6 +915,7 @@ pub fn describe(ev: &TurnEvent) -> String {
     match ev {
         TurnEvent::Step(n) => format!("Kimi is thinking (step {n})"),
         TurnEvent::Retry(msg) => format!("Retrying the model request: {msg}"),
+        TurnEvent::Todos(list) => todos::progress_line(list),
         TurnEvent::ToolCall(c) => {
             let secs = c.duration_ms as f64 / 1000.0;
             match (&c.error, c.exit_code) {

@@ -1,9 +1,12 @@
 //! The session store: SQLite in WAL mode under `$AGENTKIMI_HOME`.
 //!
-//! Three tables: `sessions` (one row per session: its workspace and state),
-//! `messages` (the whole transcript, one row per message, written as it
-//! happens so a crash loses at most the message in flight), and `turns` (one
-//! row per turn: what was asked, how it ended, what it cost).
+//! Three main tables: `sessions` (one row per session: its workspace and
+//! state), `messages` (the whole transcript, one row per message, written as
+//! it happens so a crash loses at most the message in flight), and `turns`
+//! (one row per turn: what was asked, how it ended, what it cost). Two small
+//! ones hold the state the model's tools keep per session: `todos` (the
+//! TodoWrite list) and `file_reads` (which files the model has read, for the
+//! read-before-write rule).
 //!
 //! Several server processes may share one store (each MCP client starts its
 //! own server). SQLite serialises their writes; a per-session *lease* (the
@@ -23,7 +26,7 @@ use serde_json::Value;
 
 /// Schema version written to `PRAGMA user_version`. Bump it with a migration
 /// step in [`Store::migrate`] whenever the schema changes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Lifecycle of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +211,100 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // The model's todo list (one JSON array per session) and the
+            // files it has read, with their state at that moment, so the
+            // read-before-write rule holds across turns and restarts.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS todos (
+                     session_id TEXT PRIMARY KEY,
+                     todos TEXT NOT NULL,
+                     updated_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS file_reads (
+                     session_id TEXT NOT NULL,
+                     path TEXT NOT NULL,
+                     mtime_ns INTEGER NOT NULL,
+                     size INTEGER NOT NULL,
+                     PRIMARY KEY (session_id, path)
+                 );
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The session's todo list as last written by the model's TodoWrite, or
+    /// `None` when it never wrote one.
+    ///
+    /// # Errors
+    ///
+    /// Database errors or a corrupt row.
+    pub fn todos(&self, session_id: &str) -> Result<Option<Value>> {
+        let text: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT todos FROM todos WHERE session_id = ?1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| serde_json::from_str(&t).context("a session's todo list is corrupt"))
+            .transpose()
+    }
+
+    /// Replaces the session's todo list.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn set_todos(&self, session_id: &str, todos: &Value) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO todos (session_id, todos, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (session_id) DO UPDATE SET todos = ?2, updated_at = ?3",
+            params![session_id, todos.to_string(), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The files the model has read (or written) in the session: path,
+    /// modification time in nanoseconds and size at that moment.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn file_reads(&self, session_id: &str) -> Result<Vec<(String, i64, i64)>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT path, mtime_ns, size FROM file_reads WHERE session_id = ?1")?;
+        let rows = stmt
+            .query_map(params![session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records that the model has seen `path` in the state given by
+    /// `mtime_ns` and `size`, replacing an earlier record.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn record_file_read(
+        &self,
+        session_id: &str,
+        path: &str,
+        mtime_ns: i64,
+        size: i64,
+    ) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO file_reads (session_id, path, mtime_ns, size) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (session_id, path) DO UPDATE SET mtime_ns = ?3, size = ?4",
+            params![session_id, path, mtime_ns, size],
+        )?;
         Ok(())
     }
 

@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::{Value, json};
 
+use crate::config::Network;
+
 /// Longest time the host waits for a non-shell tool call before it ends the
 /// sandbox.
 const FILE_TOOL_LIMIT: Duration = Duration::from_secs(120);
@@ -24,9 +26,11 @@ const FILE_TOOL_LIMIT: Duration = Duration::from_secs(120);
 const BASH_DEFAULT_MS: u64 = 120_000;
 const BASH_MAX_MS: u64 = 600_000;
 
-/// The tool definitions sent to the model with every step.
-pub fn specs() -> Vec<Value> {
-    vec![
+/// The tool definitions sent to the model with every step. WebFetch is
+/// offered only when the sandbox has the network: without it every fetch
+/// would fail, and an offered tool that cannot work wastes the model's steps.
+pub fn specs(network: Network) -> Vec<Value> {
+    let mut specs = vec![
         json!({
             "name": "Read",
             "description": "Read a text file from the working tree. Returns lines numbered like `cat -n` (number, tab, text), 2000 lines from the start unless you pass `offset` (1-based first line) and `limit` (line count). Lines over 2000 characters are cut with a marker. Empty and binary files are reported as such. A directory is refused: use LS or Glob for those. Relative paths resolve against the working tree. Read a file before you Edit it or overwrite it.",
@@ -43,7 +47,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "Write",
-            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Prefer Edit for changing part of an existing file.",
+            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Replacing an existing file is refused unless you have Read it in this session and it has not changed since (a Bash command that rewrote it counts as a change); then Read it and try again. Prefer Edit for changing part of an existing file.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -56,7 +60,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "Edit",
-            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved.",
+            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved. You must have Read the file in this session, and Read it again if it changed since, or the edit is refused. The result shows the edited region with line numbers.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -71,7 +75,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "MultiEdit",
-            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit.",
+            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit. The same Read rule as Edit applies.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -97,7 +101,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "Glob",
-            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). Files ignored by .gitignore and hidden files are skipped. Results are absolute paths, most recently modified first, at most 100.",
+            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). `*` does not cross `/`, so `*.rs` finds files directly in `path` only; use `**/*.rs` for any depth. Files ignored by .gitignore and hidden files (names starting with a dot) are skipped, whatever the pattern. Results are absolute paths, most recently modified first, at most 100 with a note when more matched.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -110,7 +114,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "Grep",
-            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. `output_mode`: `files_with_matches` (default; matching file paths), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
+            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. Hidden and binary files are skipped. `output_mode`: `files_with_matches` (default; matching file paths, newest first), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Paths in the output are absolute. Output over 30,000 characters is cut with a note. Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -133,7 +137,7 @@ pub fn specs() -> Vec<Value> {
         }),
         json!({
             "name": "LS",
-            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`. `ignore` takes glob patterns of names to leave out.",
+            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`, hidden and git-ignored entries included, at most 1000. `ignore` takes glob patterns of names to leave out. Use Glob to find files in subdirectories.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -184,12 +188,56 @@ pub fn specs() -> Vec<Value> {
                 "additionalProperties": false
             }
         }),
-    ]
+        json!({
+            "name": "TodoWrite",
+            "description": "Keep a todo list for this task: send the whole list each time (it replaces the previous one). Each item has `content` (imperative: \"Run the tests\"), `status` (`pending`, `in_progress` or `completed`) and `activeForm` (present continuous: \"Running the tests\"). Keep exactly one item in_progress while you work, and mark an item completed as soon as it is done. The list is kept for the whole session, shown to the engineer who gave you the task, and returned to you as the result. Use it for tasks of three or more steps; skip it for trivial ones.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "todos": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "content": {"type": "string", "minLength": 1},
+                                "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]},
+                                "activeForm": {"type": "string", "minLength": 1},
+                                "id": {"type": "string"}
+                            },
+                            "required": ["content", "status"],
+                            "additionalProperties": false
+                        }
+                    }
+                },
+                "required": ["todos"],
+                "additionalProperties": false
+            }
+        }),
+    ];
+    if network == Network::On {
+        specs.push(json!({
+            "name": "WebFetch",
+            "description": "Fetch a web page from inside the sandbox and return its readable text: HTML is turned into Markdown-like text (headings, lists, links as [text](url)); plain text and JSON come back as they are. `http://` URLs are upgraded to `https://` except for localhost and loopback addresses. Redirects to the same host are followed; a redirect to another host is reported with its target so you can fetch that URL yourself. The text is cut at 100,000 characters with a marker; the request times out after 30 seconds. `prompt` says what you are looking for: it is echoed above the page text so you can answer it from the page (no second model reads the page for you). Only for public documentation and similar pages; the page cannot see your files.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string", "format": "uri", "description": "Full URL of the page."},
+                    "prompt": {"type": "string", "description": "What you want to learn from the page."}
+                },
+                "required": ["url", "prompt"],
+                "additionalProperties": false
+            }
+        }));
+    }
+    specs
 }
 
+/// Tools the host answers itself, without the executor.
+pub const HOST_TOOLS: &[&str] = &["TodoWrite"];
+
 /// The names of the tools in [`specs`].
-pub fn names() -> Vec<String> {
-    specs()
+pub fn names(network: Network) -> Vec<String> {
+    specs(network)
         .iter()
         .filter_map(|s| s["name"].as_str().map(str::to_string))
         .collect()
@@ -216,6 +264,16 @@ pub fn target(tool: &str, input: &Value) -> String {
         "Glob" | "Grep" => "pattern",
         "LS" => "path",
         "Bash" => "command",
+        "WebFetch" => "url",
+        "BashOutput" => "bash_id",
+        "KillShell" => "shell_id",
+        "TodoWrite" => {
+            let n = input
+                .get("todos")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            return format!("{n} item(s)");
+        }
         _ => return String::new(),
     };
     let text = input.get(field).and_then(Value::as_str).unwrap_or("");
@@ -324,8 +382,8 @@ mod tests {
 
     #[test]
     fn specs_are_well_formed_and_unique() {
-        let specs = specs();
-        let names = names();
+        let specs = specs(Network::On);
+        let names = names(Network::On);
         assert_eq!(names.len(), specs.len());
         let mut sorted = names.clone();
         sorted.sort();
@@ -340,11 +398,32 @@ mod tests {
     #[test]
     fn every_offered_tool_is_one_the_executor_runs() {
         let executor: Vec<&str> = crate::executor::tool_names().to_vec();
-        for name in names() {
+        for name in names(Network::On) {
             assert!(
-                executor.contains(&name.as_str()),
+                executor.contains(&name.as_str()) || HOST_TOOLS.contains(&name.as_str()),
                 "{name} is offered but not executed"
             );
+        }
+    }
+
+    #[test]
+    fn web_fetch_is_offered_only_with_the_network() {
+        assert!(!names(Network::Off).iter().any(|n| n == "WebFetch"));
+        assert!(names(Network::On).iter().any(|n| n == "WebFetch"));
+        for name in [
+            "Read",
+            "Write",
+            "Edit",
+            "MultiEdit",
+            "Glob",
+            "Grep",
+            "LS",
+            "Bash",
+            "BashOutput",
+            "KillShell",
+            "TodoWrite",
+        ] {
+            assert!(names(Network::Off).iter().any(|n| n == name), "{name}");
         }
     }
 

@@ -233,6 +233,90 @@ mod tests {
         assert_eq!(out.output, format!("{d}/src/b.rs\n{d}/src/deep/c.rs"));
     }
 
+    /// `rg --files -g <glob>` run in `root`: relative paths, sorted, or
+    /// `None` when rg is not installed.
+    fn rg_files(root: &Path, glob: &str) -> Option<Vec<String>> {
+        let out = std::process::Command::new("rg")
+            .args(["--no-config", "--files", "-g", glob])
+            .current_dir(root)
+            .env_remove("RIPGREP_CONFIG_PATH")
+            .output()
+            .ok()?;
+        let mut lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start_matches("./").to_string())
+            .collect();
+        lines.sort();
+        Some(lines)
+    }
+
+    /// Glob's paths relative to `root`, sorted.
+    fn glob_files(root: &Path, pattern: &str) -> Vec<String> {
+        let out = glob(root, json!({"pattern": pattern}));
+        if out.output == "No files found" {
+            return Vec::new();
+        }
+        let prefix = format!("{}/", root.display());
+        let mut lines: Vec<String> = out
+            .output
+            .lines()
+            .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_string())
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn agrees_with_rg_files() {
+        let dir = tree();
+        let root = dir.path();
+        for (name, content) in [
+            ("src/deep/test_x.py", ""),
+            ("src/deep/.env", ""),
+            ("docs/guide.md", ""),
+            ("docs/api/index.md", ""),
+            ("src/gen/out.rs", ""),
+        ] {
+            fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+            fs::write(root.join(name), content).unwrap();
+        }
+        fs::write(root.join("src/.gitignore"), "gen/\n").unwrap();
+
+        // Patterns with a slash are anchored at the search directory in both
+        // tools, so they must list exactly the same files.
+        for pattern in [
+            "**/*.rs",
+            "src/**/*.rs",
+            "src/*.rs",
+            "**/test_*.py",
+            "docs/**",
+            "**/*.{md,py}",
+            "**/deep/[a-z]*",
+            "target/**",
+        ] {
+            let Some(expected) = rg_files(root, pattern) else {
+                eprintln!("rg is not installed; skipping the comparison");
+                return;
+            };
+            assert_eq!(glob_files(root, pattern), expected, "pattern {pattern}");
+        }
+        assert!(!glob_files(root, "**/*.rs").is_empty());
+
+        // Without a slash they differ on purpose: rg's -g matches the name at
+        // any depth (gitignore rules), Glob matches the path relative to the
+        // search directory, so `*.rs` means top-level files only.
+        assert_eq!(glob_files(root, "*.rs"), ["a.rs"]);
+        assert_eq!(
+            rg_files(root, "*.rs").unwrap(),
+            ["a.rs", "src/b.rs", "src/deep/c.rs"]
+        );
+        // And a glob that names a hidden file explicitly makes rg list it;
+        // Glob skips hidden files whatever the pattern (LS shows them).
+        assert_eq!(rg_files(root, "**/.env").unwrap(), ["src/deep/.env"]);
+        assert!(glob_files(root, "**/.env").is_empty());
+    }
+
     #[test]
     fn no_match_and_errors() {
         let dir = tree();

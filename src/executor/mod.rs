@@ -23,10 +23,12 @@ mod edit;
 mod fsutil;
 mod glob;
 mod grep;
+mod html;
 mod input;
 mod ls;
 mod read;
 mod text;
+mod webfetch;
 mod write;
 
 use std::{
@@ -53,6 +55,7 @@ const TOOL_NAMES: &[&str] = &[
     "Bash",
     "BashOutput",
     "KillShell",
+    "WebFetch",
 ];
 
 /// Lists the tool names [`Executor::handle`] accepts.
@@ -170,6 +173,7 @@ impl Executor {
             "Bash" => self.shell.run(input),
             "BashOutput" => self.shell.output(input),
             "KillShell" => self.shell.kill(input),
+            "WebFetch" => webfetch::run(input),
             other => Err(ToolError::new(format!(
                 "unknown tool {other}; available: {}",
                 TOOL_NAMES.join(", ")
@@ -264,7 +268,7 @@ mod tests {
         assert_eq!(
             resp.output,
             "unknown tool Frobnicate; available: Read, Write, Edit, MultiEdit, Glob, Grep, LS, \
-             Bash, BashOutput, KillShell"
+             Bash, BashOutput, KillShell, WebFetch"
         );
     }
 
