@@ -213,8 +213,15 @@ async fn background_processes_end_with_the_turn() {
             json!({"command": command, "run_in_background": true}),
         ),
         1 => {
-            // Seen from the host while the turn runs.
-            seen.store(processes_with(&m), Ordering::SeqCst);
+            // Seen from the host while the turn runs (allowing a loaded
+            // machine a moment to schedule the new process).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut n = processes_with(&m);
+            while n == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                n = processes_with(&m);
+            }
+            seen.store(n, Ordering::SeqCst);
             Reply::text("started a server")
         }
         _ => Reply::unexpected("one turn of two steps"),
