@@ -449,7 +449,9 @@ impl Sessions {
         }
     }
 
-    fn live_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<LiveTurn>>> {
+    fn live_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<LiveTurn>>> {
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -822,7 +824,10 @@ impl Sessions {
         let (diff_text, files) = match self.current_diff(rec).await {
             Ok((_, d)) => (d.text, d.files.iter().map(file_changed).collect()),
             Err(e) => {
-                super::append_note(&mut note, &format!("the host could not compute the diff: {e}"));
+                super::append_note(
+                    &mut note,
+                    &format!("the host could not compute the diff: {e}"),
+                );
                 (String::new(), Vec::new())
             }
         };
@@ -910,7 +915,9 @@ mod tests {
 
     #[test]
     fn options_may_tighten_but_not_loosen_the_network() {
-        let mut config = Config::from_lookup(|_| None).unwrap();
+        let mut config =
+            Config::from_lookup(|k| (k == "AGENTKIMI_HOME").then(|| "/nonexistent".into()))
+                .unwrap();
         config.network = Network::Off;
         let on = SessionOptions {
             network: Some("on".into()),
@@ -930,6 +937,11 @@ mod tests {
             max_steps: Some(0),
             ..SessionOptions::default()
         };
-        assert!(bad.check(&config).unwrap_err().to_string().contains("max_steps"));
+        assert!(
+            bad.check(&config)
+                .unwrap_err()
+                .to_string()
+                .contains("max_steps")
+        );
     }
 }
