@@ -512,7 +512,7 @@ impl Sessions {
             .await
             .map_err(|e| SessionError::Internal(format!("the turn task failed: {e}")))?;
         self.collect_live(&id, turns + 1);
-        result.map(|r| Launched::Finished(Box::new(r)))
+        result.map(Launched::Finished)
     }
 
     async fn run_turn(

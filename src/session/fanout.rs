@@ -106,7 +106,7 @@ impl SessionOptions {
 #[serde(untagged)]
 pub enum Launched {
     /// The turn ended; its result.
-    Finished(Box<TurnResult>),
+    Finished(TurnResult),
     /// The turn runs on; collect it with `agentkimi_wait`.
     Running(SessionStatus),
 }
@@ -120,7 +120,7 @@ impl Launched {
     /// caller that waited never sees.
     pub fn finished(self) -> Result<TurnResult, SessionError> {
         match self {
-            Launched::Finished(r) => Ok(*r),
+            Launched::Finished(r) => Ok(r),
             Launched::Running(s) => Err(SessionError::Internal(format!(
                 "turn {} of session {} is still running",
                 s.turn, s.session_id
@@ -635,7 +635,7 @@ impl Sessions {
             let result = live.result();
             self.collect_live(id, live.turn);
             return match result {
-                Some(Ok(r)) => Ok(Launched::Finished(Box::new(r))),
+                Some(Ok(r)) => Ok(Launched::Finished(r)),
                 Some(Err(e)) => Err(SessionError::Unavailable(e)),
                 None => Ok(Launched::Running(self.status(id).await?)),
             };
@@ -651,9 +651,7 @@ impl Sessions {
                 return Ok(Launched::Running(self.status(id).await?));
             };
             if t.status != "running" {
-                return Ok(Launched::Finished(Box::new(
-                    self.result_from_store(&rec, t).await?,
-                )));
+                return Ok(Launched::Finished(self.result_from_store(&rec, t).await?));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Launched::Running(self.status(id).await?));
