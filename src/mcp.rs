@@ -22,7 +22,17 @@ use rmcp::{
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::session::{EndResult, SessionError, Sessions, TurnResult};
+use crate::session::{
+    DiffPage, EndResult, SessionError, SessionList, SessionOptions, SessionStatus, Sessions,
+    TurnResult,
+};
+
+/// What agentkimi_wait waits when the caller gives no `timeout_s`: below the
+/// 60 s request timeout many clients use.
+const DEFAULT_WAIT_S: u64 = 50;
+
+/// The longest agentkimi_wait may wait in one call.
+const MAX_WAIT_S: u64 = 3600;
 
 /// The MCP face of [`Sessions`].
 #[derive(Clone)]
@@ -43,6 +53,33 @@ fn schema_of<T: schemars::JsonSchema>() -> Arc<JsonObject> {
     Arc::new(schema.as_object().cloned().unwrap_or_default())
 }
 
+/// The output schema of the calls that answer with a turn's result or, when
+/// the turn still runs, the session's status: either object, told apart by
+/// `status` (a result) or `state` (a status). Both schemas' definitions move
+/// to the root, where their `#/$defs/...` references point.
+fn result_or_status_schema() -> Arc<JsonObject> {
+    let mut defs = Map::new();
+    let mut branches = Vec::new();
+    for schema in [
+        serde_json::to_value(schemars::schema_for!(TurnResult)),
+        serde_json::to_value(schemars::schema_for!(SessionStatus)),
+    ] {
+        let Ok(Value::Object(mut schema)) = schema else {
+            continue;
+        };
+        if let Some(Value::Object(d)) = schema.remove("$defs") {
+            defs.extend(d);
+        }
+        schema.remove("$schema");
+        branches.push(Value::Object(schema));
+    }
+    object(json!({
+        "type": "object",
+        "anyOf": branches,
+        "$defs": defs,
+    }))
+}
+
 fn object(v: Value) -> Arc<JsonObject> {
     Arc::new(v.as_object().cloned().unwrap_or_default())
 }
@@ -60,12 +97,18 @@ pub fn tool_list() -> Vec<Tool> {
             "type": "object",
             "properties": {
                 "prompt": {"type": "string", "description": "The task for Kimi, with the context it needs."},
-                "workdir": {"type": "string", "description": "Absolute path of a directory inside a git repository to work on. Omit for a scratch repository."}
+                "workdir": {"type": "string", "description": "Absolute path of a directory inside a git repository to work on. Omit for a scratch repository."},
+                "wait": {"type": "boolean", "default": true, "description": "Wait for the turn to end (default). false: return at once with the session id and status while Kimi works on; collect the result with agentkimi_wait."},
+                "model": {"type": "string", "description": "Model for this session instead of the server's."},
+                "timeout_s": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Wall-clock limit of each turn of this session, in seconds."},
+                "max_steps": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Model calls allowed per turn of this session."},
+                "instructions": {"type": "string", "description": "Extra instructions appended to Kimi's system prompt for this session."},
+                "network": {"type": "string", "enum": ["off", "on"], "description": "Sandbox network for this session. May only be stricter than the server's setting: \"off\" always works, \"on\" only when the server allows it."}
             },
             "required": ["prompt"]
         })),
     )
-    .with_raw_output_schema(schema_of::<TurnResult>());
+    .with_raw_output_schema(result_or_status_schema());
     let send = Tool::new(
         "agentkimi_send",
         "Send a follow-up message to a Kimi session (review feedback, the next step). Kimi \
@@ -75,12 +118,13 @@ pub fn tool_list() -> Vec<Tool> {
             "type": "object",
             "properties": {
                 "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
-                "message": {"type": "string", "description": "The message for Kimi."}
+                "message": {"type": "string", "description": "The message for Kimi."},
+                "wait": {"type": "boolean", "default": true, "description": "Wait for the turn to end (default). false: return at once while Kimi works on; collect the result with agentkimi_wait."}
             },
             "required": ["session_id", "message"]
         })),
     )
-    .with_raw_output_schema(schema_of::<TurnResult>());
+    .with_raw_output_schema(result_or_status_schema());
     let end = Tool::new(
         "agentkimi_end",
         "End a Kimi session: commits anything left, removes its worktree, and keeps the branch \
@@ -94,7 +138,71 @@ pub fn tool_list() -> Vec<Tool> {
         })),
     )
     .with_raw_output_schema(schema_of::<EndResult>());
-    vec![start, send, end]
+    let id_only = || {
+        object(json!({
+            "type": "object",
+            "properties": {
+                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."}
+            },
+            "required": ["session_id"]
+        }))
+    };
+    let status = Tool::new(
+        "agentkimi_status",
+        "Show what a Kimi session is doing: running (current step, last action, time), \
+         finished (result waiting for agentkimi_wait), idle or ended, with the last result in \
+         short and the tokens used. Returns at once.",
+        id_only(),
+    )
+    .with_raw_output_schema(schema_of::<SessionStatus>());
+    let wait = Tool::new(
+        "agentkimi_wait",
+        "Wait for a session's turn (started with wait: false) to end and return its result: \
+         summary, diff, tool calls, tokens. If it is still running after timeout_s, returns \
+         the session's status instead; call again to keep waiting. When no turn runs, returns \
+         the last turn's result.",
+        object(json!({
+            "type": "object",
+            "properties": {
+                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
+                "timeout_s": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_S, "default": DEFAULT_WAIT_S, "description": "Longest wait in seconds."}
+            },
+            "required": ["session_id"]
+        })),
+    )
+    .with_raw_output_schema(result_or_status_schema());
+    let list = Tool::new(
+        "agentkimi_list",
+        "List the Kimi sessions this server knows, most recently active first, with their \
+         state, branch, turns, last activity and workdir.",
+        object(json!({"type": "object", "properties": {}})),
+    )
+    .with_raw_output_schema(schema_of::<SessionList>());
+    let diff = Tool::new(
+        "agentkimi_diff",
+        "Show a session's diff from its base commit: the whole diff or one file, in pages of \
+         about 60 kB (pass next_offset to get the next page). Works for ended sessions too \
+         (then it shows what is on the branch).",
+        object(json!({
+            "type": "object",
+            "properties": {
+                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
+                "path": {"type": "string", "description": "Only this file (path relative to the repository root)."},
+                "offset": {"type": "integer", "minimum": 0, "default": 0, "description": "Byte offset of the page: 0, or next_offset from the previous page."}
+            },
+            "required": ["session_id"]
+        })),
+    )
+    .with_raw_output_schema(schema_of::<DiffPage>());
+    let cancel = Tool::new(
+        "agentkimi_cancel",
+        "Stop a session's running turn. Kimi stops within about a second; the work so far is \
+         committed on the branch and the turn's result (status cancelled) is returned. The \
+         session stays open for agentkimi_send.",
+        id_only(),
+    )
+    .with_raw_output_schema(result_or_status_schema());
+    vec![start, send, end, status, wait, list, diff, cancel]
 }
 
 /// Pulls a required, non-empty string argument out of `args`.
@@ -126,6 +234,47 @@ fn optional_str(
             json_kind(other)
         )),
     }
+}
+
+fn optional_bool(
+    args: &Map<String, Value>,
+    name: &str,
+    tool: &str,
+) -> Result<Option<bool>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!(
+            "{tool}: `{name}` must be true or false, not {}",
+            json_kind(other)
+        )),
+    }
+}
+
+fn optional_u64(args: &Map<String, Value>, name: &str, tool: &str) -> Result<Option<u64>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            format!("{tool}: `{name}` must be a whole number of at least 0, not {n}")
+        }),
+        Some(other) => Err(format!(
+            "{tool}: `{name}` must be a whole number, not {}",
+            json_kind(other)
+        )),
+    }
+}
+
+/// The per-session options of agentkimi_start.
+fn session_options(args: &Map<String, Value>, tool: &str) -> Result<SessionOptions, String> {
+    let max_steps =
+        optional_u64(args, "max_steps", tool)?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    Ok(SessionOptions {
+        model: optional_str(args, "model", tool)?,
+        timeout_s: optional_u64(args, "timeout_s", tool)?,
+        max_steps,
+        instructions: optional_str(args, "instructions", tool)?,
+        network: optional_str(args, "network", tool)?,
+    })
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -162,9 +311,18 @@ impl Server {
                 "agentkimi_start" => {
                     let prompt = required_str(&args, "prompt", name)?;
                     let workdir = optional_str(&args, "workdir", name)?;
+                    let wait = optional_bool(&args, "wait", name)?.unwrap_or(true);
+                    let options = session_options(&args, name)?;
                     let r = self
                         .sessions
-                        .start(&prompt, workdir.as_deref(), ctx.ct.clone(), progress)
+                        .start_with(
+                            &prompt,
+                            workdir.as_deref(),
+                            &options,
+                            wait,
+                            ctx.ct.clone(),
+                            progress,
+                        )
                         .await
                         .map_err(session_error)?;
                     Ok(structured(r.render(), &r))
@@ -172,9 +330,60 @@ impl Server {
                 "agentkimi_send" => {
                     let id = required_str(&args, "session_id", name)?;
                     let message = required_str(&args, "message", name)?;
+                    let wait = optional_bool(&args, "wait", name)?.unwrap_or(true);
                     let r = self
                         .sessions
-                        .send(id.trim(), &message, ctx.ct.clone(), progress)
+                        .send_with(id.trim(), &message, wait, ctx.ct.clone(), progress)
+                        .await
+                        .map_err(session_error)?;
+                    Ok(structured(r.render(), &r))
+                }
+                "agentkimi_status" => {
+                    let id = required_str(&args, "session_id", name)?;
+                    let r = self
+                        .sessions
+                        .status(id.trim())
+                        .await
+                        .map_err(session_error)?;
+                    Ok(structured(r.render(), &r))
+                }
+                "agentkimi_wait" => {
+                    let id = required_str(&args, "session_id", name)?;
+                    let secs = optional_u64(&args, "timeout_s", name)?.unwrap_or(DEFAULT_WAIT_S);
+                    if secs > MAX_WAIT_S {
+                        return Err(format!(
+                            "{name}: timeout_s {secs} is above {MAX_WAIT_S}; wait in shorter \
+                             calls (the status between them shows progress)"
+                        ));
+                    }
+                    let r = self
+                        .sessions
+                        .wait(id.trim(), std::time::Duration::from_secs(secs), progress)
+                        .await
+                        .map_err(session_error)?;
+                    Ok(structured(r.render(), &r))
+                }
+                "agentkimi_cancel" => {
+                    let id = required_str(&args, "session_id", name)?;
+                    let r = self
+                        .sessions
+                        .cancel(id.trim())
+                        .await
+                        .map_err(session_error)?;
+                    Ok(structured(r.render(), &r))
+                }
+                "agentkimi_list" => {
+                    let r = self.sessions.list().await.map_err(session_error)?;
+                    Ok(structured(r.render(), &r))
+                }
+                "agentkimi_diff" => {
+                    let id = required_str(&args, "session_id", name)?;
+                    let path = optional_str(&args, "path", name)?;
+                    let offset = optional_u64(&args, "offset", name)?.unwrap_or(0);
+                    let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+                    let r = self
+                        .sessions
+                        .diff_page(id.trim(), path.as_deref(), offset)
                         .await
                         .map_err(session_error)?;
                     Ok(structured(r.render(), &r))
@@ -185,8 +394,9 @@ impl Server {
                     Ok(structured(r.render(), &r))
                 }
                 other => Err(format!(
-                    "unknown tool {other:?}; this server offers agentkimi_start, agentkimi_send \
-                     and agentkimi_end"
+                    "unknown tool {other:?}; this server offers agentkimi_start, agentkimi_send, \
+                     agentkimi_status, agentkimi_wait, agentkimi_cancel, agentkimi_list, \
+                     agentkimi_diff and agentkimi_end"
                 )),
             }
         }
@@ -228,7 +438,10 @@ impl ServerHandler for Server {
                 "agentkimi hands coding tasks to Kimi, which works autonomously in a sandboxed \
                  git worktree. Call agentkimi_start with a self-contained task, review the \
                  returned summary and diff, continue with agentkimi_send, and finish with \
-                 agentkimi_end (the work stays on branch agentkimi/<id>).",
+                 agentkimi_end (the work stays on branch agentkimi/<id>). For long tasks or \
+                 several in parallel pass wait: false, then follow with agentkimi_status and \
+                 collect with agentkimi_wait; agentkimi_cancel stops a turn, agentkimi_list \
+                 and agentkimi_diff show sessions and their work.",
             )
     }
 

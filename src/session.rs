@@ -7,7 +7,12 @@
 //! work is still committed and recorded. Nothing is lost because the caller
 //! went away.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -15,13 +20,18 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     agent::{self, CommandRecord, ToolCallRecord, TurnContext, TurnEvent, TurnStatus},
-    config::Config,
+    config::{Config, Network},
     llm::{Provider, Usage},
     sandbox::Profile,
     store::{SessionRecord, SessionState, Store, TurnRecord, now_ms},
     todos::{self, TodoItem},
     workspace::{self, Workspace},
 };
+
+mod fanout;
+
+pub use fanout::{DiffPage, Launched, SessionList, SessionOptions, SessionStatus, SessionSummary};
+use fanout::{FinishOnDrop, LiveTurn};
 
 /// Largest diff returned inline in a result; a longer one is cut at a line
 /// boundary and saved whole to a file.
@@ -102,6 +112,8 @@ pub struct TurnResult {
     pub todos: Vec<TodoItem>,
     /// Tokens used in the turn.
     pub usage: Usage,
+    /// Tokens used by all of the session's turns so far, this one included.
+    pub session_usage: Usage,
     /// Why the turn stopped early, if it did.
     pub note: Option<String>,
     /// Wall-clock time of the turn in milliseconds.
@@ -206,8 +218,13 @@ impl TurnResult {
             s.push_str("```\n");
         }
         s.push_str(&format!(
-            "\nTokens: {} in, {} out, {} cached\n",
-            self.usage.input_tokens, self.usage.output_tokens, self.usage.cache_read_input_tokens
+            "\nTokens: {} in, {} out, {} cached (session: {} in, {} out, {} cached)\n",
+            self.usage.input_tokens,
+            self.usage.output_tokens,
+            self.usage.cache_read_input_tokens,
+            self.session_usage.input_tokens,
+            self.session_usage.output_tokens,
+            self.session_usage.cache_read_input_tokens
         ));
         s
     }
@@ -231,6 +248,9 @@ pub struct Sessions {
     shutdown: CancellationToken,
     /// The running turn tasks, so shutdown can wait for them to commit.
     tracker: TaskTracker,
+    /// Turns this process runs or ran and nobody has collected yet, by
+    /// session id.
+    live: Mutex<HashMap<String, Arc<LiveTurn>>>,
 }
 
 impl Sessions {
@@ -266,6 +286,7 @@ impl Sessions {
             profile: OnceCell::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            live: Mutex::new(HashMap::new()),
         })
     }
 
@@ -418,7 +439,8 @@ impl Sessions {
         self.provider.clone().map_err(SessionError::Unavailable)
     }
 
-    /// Starts a session and runs its first turn.
+    /// Starts a session with the server's settings and runs its first turn
+    /// to the end.
     ///
     /// # Errors
     ///
@@ -430,6 +452,29 @@ impl Sessions {
         cancel: CancellationToken,
         progress: Progress,
     ) -> Result<TurnResult, SessionError> {
+        let options = SessionOptions::default();
+        self.start_with(prompt, workdir, &options, true, cancel, progress)
+            .await?
+            .finished()
+    }
+
+    /// Starts a session with per-session `options` and runs its first turn.
+    /// With `wait` the result is the turn's; without, the call returns as
+    /// soon as the turn is running, with its status.
+    ///
+    /// # Errors
+    ///
+    /// Bad `workdir` or options, no key, no sandbox, or a host failure.
+    pub async fn start_with(
+        self: &Arc<Self>,
+        prompt: &str,
+        workdir: Option<&str>,
+        options: &SessionOptions,
+        wait: bool,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<Launched, SessionError> {
+        options.check(&self.config)?;
         // Check everything the turn needs before creating anything, so a
         // refused start leaves no worktree or branch behind.
         self.provider()?;
@@ -483,11 +528,18 @@ impl Sessions {
             workspace: serde_json::to_value(&ws)
                 .map_err(|e| SessionError::Internal(e.to_string()))?,
             workdir: workdir.map(str::to_string),
-            model: self.config.model.clone(),
+            model: options
+                .model
+                .clone()
+                .unwrap_or_else(|| self.config.model.clone()),
             turns: 0,
             failed_turns: 0,
         };
-        if let Err(e) = self.store.create_session(&rec) {
+        let created = self.store.create_session(&rec).and_then(|()| {
+            self.store
+                .set_session_options(&id, &serde_json::to_value(options).unwrap_or_default())
+        });
+        if let Err(e) = created {
             // Without a record nobody could find or end this session: undo
             // the worktree rather than orphan it (the branch keeps nothing
             // yet, it points at the base commit).
@@ -495,12 +547,11 @@ impl Sessions {
             return Err(e.into());
         }
         tracing::info!(session = %id, workdir = ?workdir, "session started");
-        self.clone()
-            .turn(rec, ws, prompt.to_string(), cancel, progress)
+        self.launch(rec, ws, prompt.to_string(), wait, cancel, progress)
             .await
     }
 
-    /// Runs a follow-up turn on an existing session.
+    /// Runs a follow-up turn on an existing session to the end.
     ///
     /// # Errors
     ///
@@ -513,6 +564,24 @@ impl Sessions {
         cancel: CancellationToken,
         progress: Progress,
     ) -> Result<TurnResult, SessionError> {
+        self.send_with(id, message, true, cancel, progress)
+            .await?
+            .finished()
+    }
+
+    /// Runs a follow-up turn; with `wait: false` returns as soon as it runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sessions::send`].
+    pub async fn send_with(
+        self: &Arc<Self>,
+        id: &str,
+        message: &str,
+        wait: bool,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<Launched, SessionError> {
         let rec = self.active_session(id)?;
         if rec.failed_turns >= 3 {
             return Err(SessionError::Unavailable(format!(
@@ -525,8 +594,7 @@ impl Sessions {
         self.provider()?;
         self.profile().await?;
         let ws = workspace_of(&rec)?;
-        self.clone()
-            .turn(rec, ws, message.to_string(), cancel, progress)
+        self.launch(rec, ws, message.to_string(), wait, cancel, progress)
             .await
     }
 
@@ -546,18 +614,24 @@ impl Sessions {
         Ok(rec)
     }
 
-    /// Runs a turn in a detached task (see the module doc) and waits for it.
-    async fn turn(
-        self: Arc<Self>,
+    /// Runs a turn in a detached task (see the module doc), registered as
+    /// live so agentkimi_status, agentkimi_wait and agentkimi_cancel can see
+    /// it. With `wait` it waits for the turn and hands over its result;
+    /// without, it returns the running turn's status at once. `cancel` (the
+    /// request's token) stops the turn only when the caller waits for it.
+    async fn launch(
+        self: &Arc<Self>,
         rec: SessionRecord,
         ws: Workspace,
         text: String,
+        wait: bool,
         cancel: CancellationToken,
         progress: Progress,
-    ) -> Result<TurnResult, SessionError> {
+    ) -> Result<Launched, SessionError> {
         if !self.store.acquire_lease(&rec.id)? {
             return Err(SessionError::Unavailable(format!(
-                "session {} is busy with another turn; wait for it to finish, then send again",
+                "session {} is busy with another turn; collect it with agentkimi_wait or stop it \
+                 with agentkimi_cancel, then send again",
                 rec.id
             )));
         }
@@ -565,25 +639,49 @@ impl Sessions {
             store: self.store.clone(),
             id: rec.id.clone(),
         };
-        // The turn stops when its request is cancelled or the server shuts
-        // down, whichever comes first.
+        // With the lease held no other process starts a turn here, so the
+        // stored count plus one is the number begin_turn will hand out.
+        let turns = self
+            .store
+            .session(&rec.id)?
+            .map_or(rec.turns, |fresh| fresh.turns);
+        // The turn stops on agentkimi_cancel or the server's shutdown and,
+        // when the caller waits for it, when its request is cancelled.
         let turn_cancel = self.shutdown.child_token();
-        let watch = turn_cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => watch.cancel(),
-                _ = watch.cancelled() => {}
-            }
-        });
+        if wait {
+            let watch = turn_cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => watch.cancel(),
+                    _ = watch.cancelled() => {}
+                }
+            });
+        }
+        let live = Arc::new(LiveTurn::new(turns + 1, turn_cancel.clone()));
+        self.register_live(&rec.id, live.clone());
+        let progress: Progress = if wait { progress } else { Arc::new(|_| {}) };
+
+        let id = rec.id.clone();
         let this = self.clone();
         let task = self.tracker.spawn(async move {
             let _lease = lease;
             // Ends the watcher above once the turn is over.
             let _done = turn_cancel.clone().drop_guard();
-            this.run_turn(rec, ws, text, turn_cancel, progress).await
+            let guard = FinishOnDrop(live.clone());
+            let result = this
+                .run_turn(rec, ws, text, turn_cancel, progress, Some(live))
+                .await;
+            guard.finish(&result);
+            result
         });
-        task.await
-            .map_err(|e| SessionError::Internal(format!("the turn task failed: {e}")))?
+        if !wait {
+            return Ok(Launched::Running(self.status(&id).await?));
+        }
+        let result = task
+            .await
+            .map_err(|e| SessionError::Internal(format!("the turn task failed: {e}")))?;
+        self.collect_live(&id, turns + 1);
+        result.map(Launched::Finished)
     }
 
     async fn run_turn(
@@ -593,11 +691,20 @@ impl Sessions {
         text: String,
         cancel: CancellationToken,
         progress: Progress,
+        live: Option<Arc<LiveTurn>>,
     ) -> Result<TurnResult, SessionError> {
         let started = Instant::now();
         let provider = self.provider()?;
-        let profile = self.profile().await?;
         let id = rec.id.clone();
+        let options = self.options_of(&id);
+        let mut profile = self.profile().await?;
+        if options.network.as_deref() == Some("off") && profile.network() == Network::On {
+            profile = Arc::new(
+                profile
+                    .without_network()
+                    .map_err(|e| SessionError::Unavailable(e.to_string()))?,
+            );
+        }
 
         // A turn left running by a process that died: record it, and put its
         // partial work on the branch before anything else happens.
@@ -618,8 +725,19 @@ impl Sessions {
         tracing::info!("turn started");
 
         let start_dir = ws.worktree.join(&ws.subdir);
-        let system = agent::system_prompt(&ws.worktree, &start_dir, profile.network());
-        let on_event = |ev: TurnEvent| progress(describe(&ev));
+        let mut system = agent::system_prompt(&ws.worktree, &start_dir, profile.network());
+        if let Some(extra) = options.instructions.as_deref() {
+            system.push_str("\n\nInstructions from the caller for this session:\n");
+            system.push_str(extra);
+        }
+        let on_event = |ev: TurnEvent| {
+            let ev = relative_to(ev, &ws.worktree);
+            let line = describe(&ev);
+            if let Some(live) = &live {
+                live.event(&ev, &line);
+            }
+            progress(line)
+        };
         let ctx = TurnContext {
             provider: &provider,
             profile: &profile,
@@ -630,8 +748,10 @@ impl Sessions {
             start_dir: &start_dir,
             model: &rec.model,
             max_tokens: self.config.max_tokens,
-            max_steps: self.config.max_steps,
-            timeout: self.config.turn_timeout,
+            max_steps: options.max_steps.unwrap_or(self.config.max_steps),
+            timeout: options
+                .timeout_s
+                .map_or(self.config.turn_timeout, Duration::from_secs),
             gate: self.config.gate,
             context_tokens: self.config.context_tokens,
             cancel,
@@ -684,6 +804,7 @@ impl Sessions {
             note: note.clone(),
         };
         self.store.finish_turn(&record)?;
+        let session_usage = self.session_usage(&id);
 
         Ok(TurnResult {
             session_id: id,
@@ -711,6 +832,7 @@ impl Sessions {
             commands: outcome.commands,
             todos: outcome.todos,
             usage: outcome.usage,
+            session_usage,
             note,
             duration_ms: started.elapsed().as_millis() as u64,
         })
@@ -783,7 +905,8 @@ impl Sessions {
         }
         if !self.store.acquire_lease(id)? {
             return Err(SessionError::Unavailable(format!(
-                "session {id} is running a turn; wait for it to finish before ending the session"
+                "session {id} is running a turn; collect it with agentkimi_wait or stop it with \
+                 agentkimi_cancel before ending the session"
             )));
         }
         let _lease = Lease {
@@ -908,6 +1031,23 @@ fn commit_message(turn: u32, prompt: &str, summary: &str) -> String {
 /// A new session id: `kimi-` and 12 hex digits.
 pub fn new_session_id() -> String {
     format!("kimi-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// `ev` with a tool call's target shown relative to the worktree: the model
+/// passes absolute paths, and "Edit src/lib.rs" reads better than the full
+/// path under the state directory.
+fn relative_to(ev: TurnEvent, worktree: &std::path::Path) -> TurnEvent {
+    match ev {
+        TurnEvent::ToolCall(mut c) => {
+            let root = format!("{}/", worktree.display());
+            c.target = c.target.replace(&root, "");
+            if c.target == root.trim_end_matches('/') {
+                c.target = ".".into();
+            }
+            TurnEvent::ToolCall(c)
+        }
+        other => other,
+    }
 }
 
 /// One line a person understands, for progress notifications.

@@ -212,9 +212,11 @@ impl Store {
             )?;
         }
         if version < 2 {
-            // The model's todo list (one JSON array per session) and the
-            // files it has read, with their state at that moment, so the
-            // read-before-write rule holds across turns and restarts.
+            // The model's todo list (one JSON array per session); the files
+            // it has read, with their state at that moment, so the
+            // read-before-write rule holds across turns and restarts; and
+            // per-session options (model, limits, instructions, network)
+            // chosen on agentkimi_start, reused by every later turn.
             conn.execute_batch(
                 "BEGIN;
                  CREATE TABLE IF NOT EXISTS todos (
@@ -229,6 +231,7 @@ impl Store {
                      size INTEGER NOT NULL,
                      PRIMARY KEY (session_id, path)
                  );
+                 ALTER TABLE sessions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
                  PRAGMA user_version = 2;
                  COMMIT;",
             )?;
@@ -378,6 +381,80 @@ impl Store {
             turns,
             failed_turns: failed,
         }))
+    }
+
+    /// Every session, most recently active first.
+    ///
+    /// # Errors
+    ///
+    /// Database errors or a corrupt row.
+    pub fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let ids: Vec<String> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare("SELECT id FROM sessions ORDER BY updated_at DESC")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        // One query per session keeps a single row decoder; the list is
+        // small (sessions are created by hand, one per task).
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = self.session(&id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the options a session was started with (a JSON object).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn set_session_options(&self, id: &str, options: &Value) -> Result<()> {
+        self.lock().execute(
+            "UPDATE sessions SET options = ?2 WHERE id = ?1",
+            params![id, options.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The options a session was started with; an empty object when none
+    /// were given or the session is unknown.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn session_options(&self, id: &str) -> Result<Value> {
+        let text: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT options FROM sessions WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| Value::Object(Default::default())))
+    }
+
+    /// The recorded token usage of each of a session's turns, as JSON, in
+    /// turn order.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn turn_usages(&self, session_id: &str) -> Result<Vec<Value>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT usage FROM turns WHERE session_id = ?1 ORDER BY turn")?;
+        let rows = stmt.query_map(params![session_id], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?).unwrap_or(Value::Null));
+        }
+        Ok(out)
     }
 
     /// Marks a session ended.
@@ -773,6 +850,63 @@ mod tests {
         assert!(other.acquire_lease("kimi-c").unwrap());
         store.release_lease("kimi-c").unwrap();
         assert!(store.acquire_lease("kimi-c").unwrap());
+    }
+
+    #[test]
+    fn options_list_and_usages_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.create_session(&session("kimi-d")).unwrap();
+        store.create_session(&session("kimi-e")).unwrap();
+        assert_eq!(store.session_options("kimi-d").unwrap(), json!({}));
+        store
+            .set_session_options("kimi-d", &json!({"max_steps": 4}))
+            .unwrap();
+        assert_eq!(
+            store.session_options("kimi-d").unwrap(),
+            json!({"max_steps": 4})
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let t = store.begin_turn("kimi-d", "p").unwrap();
+        store
+            .finish_turn(&TurnRecord {
+                session_id: "kimi-d".into(),
+                turn: t,
+                status: "completed".into(),
+                usage: json!({"input_tokens": 7}),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.turn_usages("kimi-d").unwrap(),
+            vec![json!({"input_tokens": 7})]
+        );
+        let ids: Vec<String> = store
+            .list_sessions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        // kimi-d was touched last by its turn.
+        assert_eq!(ids, ["kimi-d", "kimi-e"]);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.create_session(&session("kimi-f")).unwrap();
+            let conn = store.lock();
+            conn.execute_batch(
+                "ALTER TABLE sessions DROP COLUMN options; PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(store.session("kimi-f").unwrap().is_some());
+        assert_eq!(store.session_options("kimi-f").unwrap(), json!({}));
     }
 
     #[test]

@@ -148,6 +148,24 @@ impl Profile {
         self.network
     }
 
+    /// This profile with the network cut off, for a session that asked for
+    /// a stricter policy than the server's. There is deliberately no way to
+    /// go the other way.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Unavailable`] when the seccomp filter cannot be built.
+    pub fn without_network(&self) -> Result<Profile, SandboxError> {
+        let seccomp = seccomp::programs(false).map_err(|e| {
+            SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
+        })?;
+        Ok(Profile {
+            network: Network::Off,
+            seccomp,
+            ..self.clone()
+        })
+    }
+
     /// Runs `true` under the full profile, turning bwrap's complaint into
     /// advice when it fails.
     async fn probe(&self) -> Result<(), SandboxError> {

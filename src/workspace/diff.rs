@@ -121,9 +121,43 @@ pub(super) fn diff_limited(ws: &Workspace, text_limit: usize) -> Result<Diff, Wo
         // points to, which the model controls.
         .ignore_submodules(true)
         .max_size(MAX_FILE_SIZE);
-    let mut changes = repo
+    let changes = repo
         .diff_tree_to_workdir(Some(&base), Some(&mut opts))
         .map_err(git_err("diff the worktree against the base commit"))?;
+    collect(changes, text_limit)
+}
+
+/// The diff from the session's base commit to the tip of its branch: what
+/// the session's turns committed. Unlike [`diff`] it needs no worktree, so it
+/// works for ended sessions; uncommitted changes are not in it.
+///
+/// # Errors
+///
+/// [`WorkspaceError::Git`] when the repository, the base commit or the
+/// branch cannot be read.
+pub fn diff_branch(ws: &Workspace) -> Result<Diff, WorkspaceError> {
+    let repo = super::open_branch_repo(ws)?;
+    let base = Oid::from_str(&ws.base_commit)
+        .and_then(|oid| repo.find_commit(oid))
+        .and_then(|commit| commit.tree())
+        .map_err(git_err(format!("read the base commit {}", ws.base_commit)))?;
+    let tip = repo
+        .find_reference(&ws.branch_ref())
+        .and_then(|r| r.peel_to_tree())
+        .map_err(git_err(format!("read the session branch {}", ws.branch)))?;
+    let mut opts = DiffOptions::new();
+    opts.include_typechange(true)
+        .ignore_submodules(true)
+        .max_size(MAX_FILE_SIZE);
+    let changes = repo
+        .diff_tree_to_tree(Some(&base), Some(&tip), Some(&mut opts))
+        .map_err(git_err("diff the session branch against the base commit"))?;
+    collect(changes, DIFF_TEXT_LIMIT)
+}
+
+/// Renders `changes` as patch text (up to `text_limit` bytes) and a per-file
+/// summary.
+fn collect(mut changes: git2::Diff<'_>, text_limit: usize) -> Result<Diff, WorkspaceError> {
     // Similarity scoring would read both sides of every candidate whole, with
     // no size limit; comparing object ids only costs a streamed hash.
     let mut find = DiffFindOptions::new();

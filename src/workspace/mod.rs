@@ -52,7 +52,7 @@ mod tests;
 
 pub use commit::commit_turn;
 pub use create::{check_workdir, create_linked, create_throwaway};
-pub use diff::{ChangeKind, DIFF_TEXT_LIMIT, Diff, FileChange, diff};
+pub use diff::{ChangeKind, DIFF_TEXT_LIMIT, Diff, FileChange, diff, diff_branch};
 pub use remove::remove;
 
 /// Prefix of every session branch; the full name is `agentkimi/<id>`.
@@ -422,15 +422,7 @@ pub fn reopen_check(ws: &Workspace) -> Result<(), WorkspaceError> {
 ///
 /// [`WorkspaceError::Git`] when the repository or branch cannot be read.
 pub fn commits_since_base(ws: &Workspace) -> Result<usize, WorkspaceError> {
-    let flags = RepositoryOpenFlags::NO_SEARCH;
-    let (path, flags) = match (&ws.mode, &ws.repo_root) {
-        // The user's own repository: trusted, opened as git would.
-        (Mode::Linked, Some(root)) => (root.as_path(), flags),
-        _ => (ws.gitdir.as_path(), flags | RepositoryOpenFlags::NO_DOTGIT),
-    };
-    let repo = Repository::open_ext(path, flags, std::iter::empty::<&OsStr>()).map_err(git_err(
-        format!("open the repository at {}", path.display()),
-    ))?;
+    let repo = open_branch_repo(ws)?;
     let tip = repo
         .refname_to_id(&ws.branch_ref())
         .map_err(git_err(format!("find the session branch {}", ws.branch)))?;
@@ -479,6 +471,22 @@ fn check_worktree_dir(worktree: &Path) -> Result<(), WorkspaceError> {
 /// index and points at the common objects and refs; for a throwaway
 /// repository it is `gitdirs/<id>`. Setting the work tree with
 /// `update_gitlink = false` leaves the worktree's `.git` untouched.
+/// Opens the repository that holds the session branch (the user's
+/// repository, or the kept throwaway git dir) without its work tree, so it
+/// works after the session's worktree is gone.
+fn open_branch_repo(ws: &Workspace) -> Result<Repository, WorkspaceError> {
+    let flags = RepositoryOpenFlags::NO_SEARCH;
+    let (path, flags) = match (&ws.mode, &ws.repo_root) {
+        // The user's own repository: trusted, opened as git would.
+        (Mode::Linked, Some(root)) => (root.as_path(), flags),
+        _ => (ws.gitdir.as_path(), flags | RepositoryOpenFlags::NO_DOTGIT),
+    };
+    Repository::open_ext(path, flags, std::iter::empty::<&OsStr>()).map_err(git_err(format!(
+        "open the repository at {}",
+        path.display()
+    )))
+}
+
 fn open_repo(ws: &Workspace) -> Result<Repository, WorkspaceError> {
     check_worktree_dir(&ws.worktree)?;
     if !ws.gitdir.is_dir() {

@@ -971,3 +971,20 @@ fn workdir_inside_the_users_own_linked_worktree() {
         "{listed}"
     );
 }
+
+#[test]
+fn branch_diff_survives_the_worktree() {
+    let fx = Fixture::new();
+    let ws = fx.linked("s-branchdiff");
+    fs::write(ws.worktree.join("README.md"), "hello again\n").unwrap();
+    commit_turn(&ws, "turn 1").unwrap();
+    // Not committed: the branch diff must not show it.
+    fs::write(ws.worktree.join("scratch.txt"), "x\n").unwrap();
+    remove(&ws).unwrap();
+    assert!(!ws.worktree.exists());
+
+    let d = diff_branch(&ws).unwrap();
+    assert_eq!(d.files.len(), 1, "{d:?}");
+    assert_eq!(file(&d, "README.md").status, ChangeKind::Modified);
+    assert!(d.text.contains("+hello again"), "{}", d.text);
+}

@@ -20,6 +20,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -27,7 +28,7 @@ use rmcp::{
     ClientCacheConfig, ClientHandler, RoleClient, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-        ProtocolVersion, Tool,
+        ProgressNotificationParam, ProtocolVersion, Tool,
     },
     service::RunningService,
     transport::TokioChildProcess,
@@ -49,12 +50,27 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
 /// How many lines of the server log a failing test prints.
 const LOG_TAIL_LINES: usize = 200;
 
-/// The client side of the connection: it identifies the harness and
-/// otherwise accepts rmcp's defaults (no sampling, no roots).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HarnessClient;
+/// The client side of the connection: it identifies the harness, records
+/// the messages of progress notifications, and otherwise accepts rmcp's
+/// defaults (no sampling, no roots). rmcp puts a progress token on every
+/// request, so every tool call may report progress.
+#[derive(Debug, Clone, Default)]
+pub struct HarnessClient {
+    progress: Arc<Mutex<Vec<String>>>,
+}
 
 impl ClientHandler for HarnessClient {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(params.message.unwrap_or_default());
+    }
+
     fn get_info(&self) -> ClientConfig {
         // The handshake most clients in use today perform: `initialize` with
         // the newest protocol version that still has one.
@@ -171,6 +187,7 @@ impl McpClientBuilder {
             user_home,
             settings,
             dir: Some(dir),
+            handler: HarnessClient::default(),
         };
         client.launch().await;
         client
@@ -203,6 +220,8 @@ pub struct McpClient {
     settings: Settings,
     /// Owns the state directories; `None` once kept for inspection.
     dir: Option<TempDir>,
+    /// Shared by every spawn, so progress survives a restart.
+    handler: HarnessClient,
 }
 
 impl McpClient {
@@ -247,6 +266,16 @@ impl McpClient {
     /// inherited.
     pub fn server_log(&self) -> String {
         fs::read_to_string(&self.settings.log_path).unwrap_or_default()
+    }
+
+    /// The messages of every progress notification received so far, in
+    /// arrival order, across all calls.
+    pub fn progress_messages(&self) -> Vec<String> {
+        self.handler
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The tools the server lists. The client's response cache is off, so
@@ -305,6 +334,7 @@ impl McpClient {
             user_home: self.user_home.clone(),
             settings,
             dir: None,
+            handler: HarnessClient::default(),
         };
         client.launch().await;
         client
@@ -426,7 +456,9 @@ impl McpClient {
         self.pid = transport.id();
 
         let service =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, HarnessClient.serve(transport)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handler.clone().serve(transport))
+                .await
+            {
                 Ok(Ok(service)) => service,
                 Ok(Err(error)) => self.fail(&format!("the MCP handshake failed: {error}")),
                 Err(_) => self.fail("the MCP handshake did not finish in time"),
