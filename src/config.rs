@@ -281,6 +281,8 @@ pub struct Config {
     /// Where each setting came from, by its config-file key (`model`,
     /// `max_steps`, ...), for `agentkimi config`.
     pub origins: BTreeMap<&'static str, Origin>,
+    /// The file the key may be read from (`AGENTKIMI_ENV_FILE`).
+    pub env_file: Option<PathBuf>,
     /// The config file that was read, if it exists.
     pub config_file: Option<PathBuf>,
 }
@@ -432,6 +434,7 @@ impl Config {
             max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
             gate: env("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
             origins,
+            env_file: get("AGENTKIMI_ENV_FILE").map(PathBuf::from),
             config_file: (!file.is_empty() || config_path.exists()).then_some(config_path),
         })
     }
