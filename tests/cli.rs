@@ -565,6 +565,19 @@ async fn http_transport_serves_mcp_and_checks_the_token() {
     assert!(names.contains(&"agentkimi_start"), "{names:?}");
     assert!(names.contains(&"agentkimi_end"), "{names:?}");
 
+    // A page on another site that rebinds its name to 127.0.0.1 is refused
+    // by the Host check, token or not.
+    let resp = http
+        .post(&server.url)
+        .header("host", "attacker.example")
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
     // Even a request in an established session needs the token.
     let resp = post(
         &http,

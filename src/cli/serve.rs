@@ -51,7 +51,7 @@ pub fn serve(http: Option<std::net::SocketAddr>, allow_remote: bool) -> anyhow::
         let sessions = Arc::new(Sessions::open(config)?);
         match http {
             None => serve_stdio(sessions).await,
-            Some(addr) => serve_http(sessions, addr, allow_remote, token).await,
+            Some(addr) => serve_http(sessions, addr, token).await,
         }
     })
 }
@@ -106,16 +106,16 @@ async fn serve_stdio(sessions: Arc<Sessions>) -> anyhow::Result<()> {
 async fn serve_http(
     sessions: Arc<Sessions>,
     addr: SocketAddr,
-    allow_remote: bool,
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut http_config = StreamableHttpServerConfig::default();
     http_config.cancellation_token = stop.child_token();
-    if allow_remote {
+    if !addr.ip().is_loopback() {
         // The Host check defends loopback servers against DNS rebinding; a
         // remote server is reached under names we cannot know, and the
-        // bearer token is what protects it.
+        // bearer token (required here, see `check_bind`) is what protects
+        // it. A loopback server keeps the check even with --allow-remote.
         http_config = http_config.disable_allowed_hosts();
     }
     let service = StreamableHttpService::new(
