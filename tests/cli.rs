@@ -237,6 +237,29 @@ fn run_without_a_key_says_how_to_set_one() {
 }
 
 #[test]
+fn a_failed_turn_still_prints_its_result_and_exits_non_zero() {
+    let mock = MockModel::start(|_| {
+        Reply::error(
+            401,
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}),
+        )
+    });
+    let env = Env::new(&mock.base_url());
+    let out = env.run(&["run", "anything", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let result: Value = serde_json::from_slice(&out.stdout).expect("the result is still printed");
+    assert_eq!(result["status"], "failed", "{result:#}");
+    assert!(
+        result["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("KIMI_API_KEY"),
+        "{result:#}"
+    );
+    assert_eq!(mock.requests().len(), 1, "a refused key is not retried");
+}
+
+#[test]
 fn gc_removes_leftovers_but_not_live_or_fresh_worktrees() {
     let mock = MockModel::sequence(vec![Reply::text("Nothing to do.")]);
     let env = Env::new(&mock.base_url());
