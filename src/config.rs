@@ -7,8 +7,18 @@
 //! it may also come from `AGENTKIMI_ENV_FILE`, of which only the two key lines
 //! are read — the file is never sourced, so unrelated secrets in it never
 //! enter this process.
+//!
+//! The same settings may also sit in `$AGENTKIMI_HOME/config.toml`, keyed by
+//! the variable's name in lower case without the `AGENTKIMI_` prefix
+//! (`max_steps = 40`). The environment wins over the file, so a one-off
+//! `AGENTKIMI_MODEL=… agentkimi run` needs no edit. Every value remembers its
+//! [`Origin`], so `agentkimi config` can say where it came from and an error
+//! can point at the file line to fix. The key itself is refused in the file:
+//! a config file gets copied, pasted and committed far more often than an
+//! env file.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
     time::Duration,
@@ -18,6 +28,9 @@ use anyhow::{Context, Result, bail};
 
 /// Default provider endpoint: Moonshot's Anthropic-compatible API.
 pub const DEFAULT_BASE_URL: &str = "https://api.moonshot.ai/anthropic";
+/// Default base URL when `AGENTKIMI_PROTOCOL=openai`: Moonshot's
+/// OpenAI-compatible API (`/chat/completions` is appended).
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.moonshot.ai/v1";
 /// Default model name.
 pub const DEFAULT_MODEL: &str = "kimi-k2.7-code";
 /// Default wall-clock limit of one turn (11 minutes, as the original).
@@ -61,6 +74,183 @@ pub enum Network {
     On,
 }
 
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The named environment variable.
+    Env(String),
+    /// A line of the config file.
+    File {
+        /// The config file.
+        path: PathBuf,
+        /// Its line, from 1.
+        line: usize,
+    },
+    /// Nothing set it; the built-in default applies.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Env(name) => write!(f, "env {name}"),
+            Origin::File { path, line } => write!(f, "{} line {line}", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// Settings the config file may hold: the key in the file, the variable
+/// that overrides it, and what the file must give.
+const FILE_KEYS: &[(&str, &str, FileKind)] = &[
+    ("base_url", "AGENTKIMI_BASE_URL", FileKind::Text),
+    ("model", "AGENTKIMI_MODEL", FileKind::Text),
+    ("protocol", "AGENTKIMI_PROTOCOL", FileKind::Text),
+    ("network", "AGENTKIMI_NETWORK", FileKind::Text),
+    ("deny_paths", "AGENTKIMI_DENY_PATHS", FileKind::Paths),
+    ("allow_filters", "AGENTKIMI_ALLOW_FILTERS", FileKind::Bool),
+    (
+        "turn_timeout_ms",
+        "AGENTKIMI_TURN_TIMEOUT_MS",
+        FileKind::Number,
+    ),
+    ("max_steps", "AGENTKIMI_MAX_STEPS", FileKind::Number),
+    ("max_tokens", "AGENTKIMI_MAX_TOKENS", FileKind::Number),
+    (
+        "context_tokens",
+        "AGENTKIMI_CONTEXT_TOKENS",
+        FileKind::Number,
+    ),
+    ("env_file", "AGENTKIMI_ENV_FILE", FileKind::Text),
+];
+
+#[derive(Clone, Copy)]
+enum FileKind {
+    Text,
+    Paths,
+    Bool,
+    Number,
+}
+
+impl FileKind {
+    fn example(self, key: &str) -> String {
+        match self {
+            FileKind::Text => format!("{key} = \"text\""),
+            FileKind::Paths => format!("{key} = [\"/path/one\", \"/path/two\"]"),
+            FileKind::Bool => format!("{key} = true"),
+            FileKind::Number => format!("{key} = 30"),
+        }
+    }
+}
+
+/// The config file's settings, as the strings the matching environment
+/// variables would hold, by variable name.
+type FileValues = HashMap<&'static str, (String, Origin)>;
+
+/// Reads `path` if it exists. Unknown keys, wrong types and the API key are
+/// errors naming the line, because a setting silently ignored is a setting
+/// the user believes is in force.
+fn read_config_file(path: &Path) -> Result<FileValues> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => bail!(
+            "cannot read {}: {e}; fix its permissions or remove it",
+            path.display()
+        ),
+    };
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let table: BTreeMap<String, toml::Spanned<toml::Value>> =
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| format!(" line {}", line_of(s.start)))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "{}{at} is not valid TOML: {}; fix the line or remove the file",
+                path.display(),
+                e.message()
+            )
+        })?;
+
+    let mut out = HashMap::new();
+    for (key, value) in table {
+        let line = line_of(value.span().start);
+        let here = format!("{} line {line}", path.display());
+        if matches!(
+            key.as_str(),
+            "api_key" | "kimi_api_key" | "moonshot_api_key" | "key"
+        ) {
+            bail!(
+                "{here}: `{key}` is refused: the API key never goes in config.toml. Put \
+                 KIMI_API_KEY=<key> in a file only you can read and set env_file = \"/path/to/it\" \
+                 (or export KIMI_API_KEY)"
+            );
+        }
+        let Some(&(_, var, kind)) = FILE_KEYS.iter().find(|(k, _, _)| *k == key) else {
+            let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _, _)| *k).collect();
+            bail!(
+                "{here}: unknown setting `{key}`; the known settings are {}",
+                known.join(", ")
+            );
+        };
+        let wrong = || {
+            anyhow::anyhow!(
+                "{here}: `{key}` has the wrong type; write it as {}",
+                kind.example(&key)
+            )
+        };
+        let v = value.get_ref();
+        let string = match kind {
+            FileKind::Text => {
+                let t = v.as_str().ok_or_else(wrong)?;
+                if key == "env_file" {
+                    // A relative env file is relative to the config file,
+                    // not to wherever the command happens to run.
+                    let dir = path.parent().unwrap_or(Path::new("/"));
+                    dir.join(t).display().to_string()
+                } else {
+                    t.to_string()
+                }
+            }
+            FileKind::Number => v
+                .as_integer()
+                .filter(|n| *n >= 0)
+                .ok_or_else(wrong)?
+                .to_string(),
+            FileKind::Bool => if v.as_bool().ok_or_else(wrong)? {
+                "1"
+            } else {
+                "0"
+            }
+            .to_string(),
+            FileKind::Paths => {
+                let items = v.as_array().ok_or_else(wrong)?;
+                let mut paths = Vec::new();
+                for item in items {
+                    let p = item.as_str().ok_or_else(wrong)?;
+                    if p.contains(':') {
+                        bail!("{here}: `{key}` entry {p:?} contains ':', which no path here may");
+                    }
+                    paths.push(p.to_string());
+                }
+                paths.join(":")
+            }
+        };
+        out.insert(
+            var,
+            (
+                string,
+                Origin::File {
+                    path: path.to_path_buf(),
+                    line,
+                },
+            ),
+        );
+    }
+    Ok(out)
+}
+
 /// The effective settings of this process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -98,6 +288,13 @@ pub struct Config {
     /// turns it off (`AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS=1`), to prove
     /// that the sandbox holds without it.
     pub gate: bool,
+    /// Where each setting came from, by its config-file key (`model`,
+    /// `max_steps`, ...), for `agentkimi config`.
+    pub origins: BTreeMap<&'static str, Origin>,
+    /// The file the key may be read from (`AGENTKIMI_ENV_FILE`).
+    pub env_file: Option<PathBuf>,
+    /// The config file that was read, if it exists.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -119,15 +316,15 @@ impl Config {
     ///
     /// As [`Config::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let get = |name: &str| {
+        let env = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
 
-        let home = match get("AGENTKIMI_HOME") {
+        let home = match env("AGENTKIMI_HOME") {
             Some(h) => PathBuf::from(h),
-            None => match get("HOME") {
+            None => match env("HOME") {
                 Some(h) => Path::new(&h).join(".agentkimi"),
                 None => bail!(
                     "neither AGENTKIMI_HOME nor HOME is set; set AGENTKIMI_HOME to a state directory"
@@ -135,8 +332,26 @@ impl Config {
             },
         };
         let home = absolute(&home)?;
+        let config_path = home.join("config.toml");
+        let file = read_config_file(&config_path)?;
 
-        let (api_key, api_key_source) = match (get("KIMI_API_KEY"), get("MOONSHOT_API_KEY")) {
+        // The environment first, then the file: each value with its origin.
+        let lookup_origin = |name: &str| -> Option<(String, Origin)> {
+            env(name)
+                .map(|v| (v, Origin::Env(name.to_string())))
+                .or_else(|| file.get(name).cloned())
+        };
+        let get = |name: &str| lookup_origin(name).map(|(v, _)| v);
+        // How to name a setting in an error: the variable, or the file line.
+        let label = |name: &str| match lookup_origin(name) {
+            Some((v, Origin::File { path, line })) => {
+                format!("{v:?} at {} line {line}", path.display())
+            }
+            Some((v, _)) => format!("{name}={v}"),
+            None => name.to_string(),
+        };
+
+        let (api_key, api_key_source) = match (env("KIMI_API_KEY"), env("MOONSHOT_API_KEY")) {
             (Some(k), _) => (Some(ApiKey(k)), Some("KIMI_API_KEY".to_string())),
             (None, Some(k)) => (Some(ApiKey(k)), Some("MOONSHOT_API_KEY".to_string())),
             (None, None) => match get("AGENTKIMI_ENV_FILE") {
@@ -151,17 +366,22 @@ impl Config {
         let protocol = match get("AGENTKIMI_PROTOCOL").as_deref() {
             None | Some("anthropic") => Protocol::Anthropic,
             Some("openai") => Protocol::OpenAi,
-            Some(other) => {
-                bail!("AGENTKIMI_PROTOCOL={other} is not known; use `anthropic` or `openai`")
-            }
+            Some(_) => bail!(
+                "{} is not a known protocol; use `anthropic` or `openai`",
+                label("AGENTKIMI_PROTOCOL")
+            ),
         };
 
         let mut network = match get("AGENTKIMI_NETWORK").as_deref() {
             None | Some("off") => Network::Off,
             Some("on") => Network::On,
-            Some(other) => bail!("AGENTKIMI_NETWORK={other} is not known; use `off` or `on`"),
+            Some(_) => bail!(
+                "{} is not a known network policy; use `off` or `on`",
+                label("AGENTKIMI_NETWORK")
+            ),
         };
-        if get("AGENTKIMI_NO_NET").is_some_and(|v| v != "0") {
+        let no_net = env("AGENTKIMI_NO_NET").is_some_and(|v| v != "0");
+        if no_net {
             network = Network::Off;
         }
 
@@ -174,12 +394,38 @@ impl Config {
             })
             .unwrap_or_default();
 
-        let turn_timeout_ms =
-            parse_number(&get, "AGENTKIMI_TURN_TIMEOUT_MS", DEFAULT_TURN_TIMEOUT_MS)?;
-        let max_steps = parse_number(&get, "AGENTKIMI_MAX_STEPS", u64::from(DEFAULT_MAX_STEPS))?;
-        let max_tokens = parse_number(&get, "AGENTKIMI_MAX_TOKENS", 32_000)?;
+        let number = |name: &str, default: u64| -> Result<u64> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} is not a whole number; give a number of {} or unset it to use {default}",
+                        label(name),
+                        if name.ends_with("_MS") { "milliseconds" } else { "steps or tokens" }
+                    )
+                }),
+            }
+        };
+        let turn_timeout_ms = number("AGENTKIMI_TURN_TIMEOUT_MS", DEFAULT_TURN_TIMEOUT_MS)?;
+        let max_steps = number("AGENTKIMI_MAX_STEPS", u64::from(DEFAULT_MAX_STEPS))?;
+        let max_tokens = number("AGENTKIMI_MAX_TOKENS", 32_000)?;
+        let context_tokens = number("AGENTKIMI_CONTEXT_TOKENS", 256_000)?;
+        let retry_base_ms = number("AGENTKIMI_RETRY_BASE_MS", 1000)?;
         if max_steps == 0 || turn_timeout_ms == 0 {
             bail!("AGENTKIMI_MAX_STEPS and AGENTKIMI_TURN_TIMEOUT_MS must be greater than 0");
+        }
+
+        let default_base_url = match protocol {
+            Protocol::Anthropic => DEFAULT_BASE_URL,
+            Protocol::OpenAi => DEFAULT_OPENAI_BASE_URL,
+        };
+        let mut origins = BTreeMap::new();
+        for (key, var, _) in FILE_KEYS {
+            let origin = lookup_origin(var).map_or(Origin::Default, |(_, o)| o);
+            origins.insert(*key, origin);
+        }
+        if no_net {
+            origins.insert("network", Origin::Env("AGENTKIMI_NO_NET".into()));
         }
 
         Ok(Config {
@@ -187,7 +433,7 @@ impl Config {
             api_key,
             api_key_source,
             base_url: get("AGENTKIMI_BASE_URL")
-                .unwrap_or_else(|| DEFAULT_BASE_URL.to_string())
+                .unwrap_or_else(|| default_base_url.to_string())
                 .trim_end_matches('/')
                 .to_string(),
             model: get("AGENTKIMI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string()),
@@ -198,14 +444,12 @@ impl Config {
             turn_timeout: Duration::from_millis(turn_timeout_ms),
             max_steps: u32::try_from(max_steps).unwrap_or(u32::MAX),
             max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
-            context_tokens: usize::try_from(parse_number(
-                &get,
-                "AGENTKIMI_CONTEXT_TOKENS",
-                256_000,
-            )?)
-            .unwrap_or(usize::MAX),
-            retry_base: Duration::from_millis(parse_number(&get, "AGENTKIMI_RETRY_BASE_MS", 1000)?),
-            gate: get("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
+            context_tokens: usize::try_from(context_tokens).unwrap_or(usize::MAX),
+            retry_base: Duration::from_millis(retry_base_ms),
+            gate: env("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
+            origins,
+            env_file: get("AGENTKIMI_ENV_FILE").map(PathBuf::from),
+            config_file: (!file.is_empty() || config_path.exists()).then_some(config_path),
         })
     }
 
@@ -237,15 +481,6 @@ impl Config {
     /// Directory of files the host generates for the sandbox (its `/etc`).
     pub fn sandbox_dir(&self) -> PathBuf {
         self.home.join("sandbox")
-    }
-}
-
-fn parse_number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64> {
-    match get(name) {
-        None => Ok(default),
-        Some(v) => v.parse::<u64>().with_context(|| {
-            format!("{name}={v} is not a whole number; unset it to use {default}")
-        }),
     }
 }
 
@@ -381,6 +616,81 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.network, Network::Off);
+    }
+
+    fn with_file(text: &str, vars: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        let home = dir.path().to_str().unwrap().to_string();
+        let mut all = vec![("AGENTKIMI_HOME", home.as_str())];
+        all.extend_from_slice(vars);
+        let c = config(&all);
+        (dir, c)
+    }
+
+    #[test]
+    fn config_file_applies_and_the_environment_wins() {
+        let (dir, c) = with_file(
+            "# settings\nmodel = \"from-file\"\nmax_steps = 7\ndeny_paths = [\"/a\", \"/b\"]\n\
+             allow_filters = true\nprotocol = \"openai\"\n",
+            &[("AGENTKIMI_MODEL", "from-env")],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.model, "from-env");
+        assert_eq!(c.origins["model"], Origin::Env("AGENTKIMI_MODEL".into()));
+        assert_eq!(c.max_steps, 7);
+        assert_eq!(
+            c.origins["max_steps"],
+            Origin::File {
+                path: dir.path().join("config.toml"),
+                line: 3
+            }
+        );
+        assert_eq!(c.deny_paths, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert!(c.allow_filters);
+        assert_eq!(c.protocol, Protocol::OpenAi);
+        assert_eq!(c.base_url, DEFAULT_OPENAI_BASE_URL);
+        assert_eq!(c.origins["base_url"], Origin::Default);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_line_and_what_is_accepted() {
+        let (_d, c) = with_file("model = \"m\"\n\nmax_stpes = 3\n", &[]);
+        let e = format!("{:#}", c.unwrap_err());
+        assert!(
+            e.contains("line 3") && e.contains("unknown setting `max_stpes`"),
+            "{e}"
+        );
+        assert!(e.contains("max_steps"), "{e}");
+
+        let (_d, c) = with_file("max_steps = \"many\"\n", &[]);
+        let e = format!("{:#}", c.unwrap_err());
+        assert!(e.contains("line 1") && e.contains("max_steps = 30"), "{e}");
+
+        let (_d, c) = with_file("\nnetwork = \"maybe\"\n", &[]);
+        let e = format!("{:#}", c.unwrap_err());
+        assert!(e.contains("line 2") && e.contains("`off` or `on`"), "{e}");
+
+        let (_d, c) = with_file("model = \n", &[]);
+        let e = format!("{:#}", c.unwrap_err());
+        assert!(e.contains("line 1") && e.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn config_file_refuses_the_key() {
+        let (_d, c) = with_file("model = \"m\"\napi_key = \"sk-secret\"\n", &[]);
+        let e = format!("{:#}", c.unwrap_err());
+        assert!(e.contains("line 2") && e.contains("env_file"), "{e}");
+        assert!(!e.contains("sk-secret"), "{e}");
+    }
+
+    #[test]
+    fn config_file_env_file_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key.env"), "KIMI_API_KEY=k-file\n").unwrap();
+        std::fs::write(dir.path().join("config.toml"), "env_file = \"key.env\"\n").unwrap();
+        let c = config(&[("AGENTKIMI_HOME", dir.path().to_str().unwrap())]).unwrap();
+        assert_eq!(c.api_key.unwrap().expose(), "k-file");
     }
 
     #[test]

@@ -331,16 +331,18 @@ impl Sessions {
 
     /// Housekeeping: removes the worktrees of ended sessions that are still
     /// on disk, and the leftovers of starts that crashed before recording
-    /// their session (worktree or scratch git dir with no session row, older
-    /// than [`LEFTOVER_AGE`] so a start in progress in another process is
-    /// never touched). Branches, commits and live sessions are never touched.
+    /// their session (a worktree or scratch git dir with no session row,
+    /// older than [`LEFTOVER_AGE`], so a start in progress in another
+    /// process is never touched). Branches, commits and live sessions are
+    /// never touched. With `dry_run`, only reports what it would remove.
     ///
     /// # Errors
     ///
     /// Store errors; a single directory that cannot be removed is reported in
     /// the result instead.
-    pub async fn gc(&self) -> Result<GcReport, SessionError> {
+    pub async fn gc(&self, dry_run: bool) -> Result<GcReport, SessionError> {
         let mut report = GcReport::default();
+        let worktrees = self.config.worktrees_dir();
         let states = self.store.session_states()?;
         for (id, state) in &states {
             if *state != SessionState::Ended {
@@ -350,19 +352,26 @@ impl Sessions {
                 continue;
             };
             let ws = workspace_of(&rec)?;
-            if std::fs::symlink_metadata(&ws.worktree).is_err() {
+            // Only a directory where this server puts worktrees: a corrupt
+            // record must not point housekeeping elsewhere.
+            if ws.worktree.parent() != Some(worktrees.as_path())
+                || std::fs::symlink_metadata(&ws.worktree).is_err()
+            {
+                continue;
+            }
+            let line = format!("{} (session {id} has ended)", ws.worktree.display());
+            if dry_run {
+                report.removed.push(line);
                 continue;
             }
             match blocking(move || workspace::remove(&ws)).await {
-                Ok(()) => report
-                    .removed
-                    .push(format!("worktree of ended session {id}")),
-                Err(e) => report.failed.push(format!("{id}: {e}")),
+                Ok(()) => report.removed.push(line),
+                Err(e) => report.failed.push(format!("{line}: {e}")),
             }
         }
         let known: std::collections::HashSet<&str> =
             states.iter().map(|(id, _)| id.as_str()).collect();
-        for dir in [self.config.worktrees_dir(), self.config.gitdirs_dir()] {
+        for dir in [worktrees.clone(), self.config.gitdirs_dir()] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -383,15 +392,23 @@ impl Sessions {
                 if !old_enough {
                     continue;
                 }
-                // Never follow a link: remove the link itself.
+                let line = format!("{} (no session has this id)", path.display());
+                if dry_run {
+                    report.removed.push(line);
+                    continue;
+                }
+                // Never follow a link: remove the link itself. A linked
+                // worktree's registration in its repository is left for
+                // `git worktree prune`: without a session row the repository
+                // is unknown, and the directory's `.git` is not trusted.
                 let removed = if meta.is_dir() {
                     std::fs::remove_dir_all(&path)
                 } else {
                     std::fs::remove_file(&path)
                 };
                 match removed {
-                    Ok(()) => report.removed.push(format!("leftover {}", path.display())),
-                    Err(e) => report.failed.push(format!("{}: {e}", path.display())),
+                    Ok(()) => report.removed.push(line),
+                    Err(e) => report.failed.push(format!("{line}: {e}")),
                 }
             }
         }

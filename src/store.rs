@@ -38,7 +38,8 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    fn as_str(self) -> &'static str {
+    /// The name stored in the database and shown to people.
+    pub fn as_str(self) -> &'static str {
         match self {
             SessionState::Active => "active",
             SessionState::Ended => "ended",
@@ -407,6 +408,7 @@ impl Store {
     }
 
     /// Stores the options a session was started with (a JSON object).
+    /// Ids of every session, most recently updated first.
     ///
     /// # Errors
     ///
@@ -455,6 +457,20 @@ impl Store {
             out.push(serde_json::from_str(&row?).unwrap_or(Value::Null));
         }
         Ok(out)
+    }
+
+    /// Every session id, most recently active first.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn session_ids(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id FROM sessions ORDER BY updated_at DESC, id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(ids)
     }
 
     /// Marks a session ended.

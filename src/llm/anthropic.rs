@@ -7,13 +7,11 @@
 //! unknown blocks are kept as the provider sent them, so a provider that adds
 //! a feature does not break a session.
 
-use std::time::Duration;
-
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{LlmError, StepReply, StepRequest, Usage, merge_roles};
+use super::{LlmError, StepReply, StepRequest, Usage, error_chain, http_error, merge_roles};
 use crate::config::ApiKey;
 
 /// API version header the Messages API requires.
@@ -33,13 +31,7 @@ impl AnthropicClient {
     ///
     /// When the HTTP client cannot be built (no TLS backend).
     pub fn new(base_url: &str, key: ApiKey) -> anyhow::Result<AnthropicClient> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(20))
-            // A stream that stays silent this long is dead; the step is
-            // retried rather than waiting out the whole turn.
-            .read_timeout(Duration::from_secs(300))
-            .user_agent(concat!("agentkimi/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http_client()?;
         Ok(AnthropicClient {
             http,
             url: format!("{}/v1/messages", base_url.trim_end_matches('/')),
@@ -87,32 +79,7 @@ impl AnthropicClient {
 
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(|s| Duration::from_secs_f64(s.clamp(0.0, 120.0)));
-            let text = resp.text().await.unwrap_or_default();
-            let detail = provider_message(&text);
-            let msg = format!(
-                "the model provider answered HTTP {}: {detail}",
-                status.as_u16()
-            );
-            return Err(match status.as_u16() {
-                408 | 409 | 429 | 500 | 502 | 503 | 504 | 529 => {
-                    LlmError::Transient(msg, retry_after)
-                }
-                401 | 403 => LlmError::Fatal(format!(
-                    "{msg}. The API key was refused: check KIMI_API_KEY / MOONSHOT_API_KEY \
-                     (or AGENTKIMI_ENV_FILE) and AGENTKIMI_BASE_URL"
-                )),
-                404 => LlmError::Fatal(format!(
-                    "{msg}. Check AGENTKIMI_BASE_URL ({}) and AGENTKIMI_MODEL ({})",
-                    self.url, req.model
-                )),
-                _ => LlmError::Fatal(msg),
-            });
+            return Err(http_error(resp, &self.url, req.model).await);
         }
 
         let mut assembler = Assembler::default();
@@ -129,34 +96,6 @@ impl AnthropicClient {
             "the model's stream ended before message_stop".into(),
             None,
         ))
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
-/// Pulls the human-readable message out of a provider error body, which is
-/// usually `{"error": {"message": ...}}` but may be anything.
-fn provider_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let msg = parsed
-        .as_ref()
-        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| body.chars().take(500).collect());
-    if msg.is_empty() {
-        "(empty body)".into()
-    } else {
-        msg
     }
 }
 

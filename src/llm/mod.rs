@@ -5,9 +5,12 @@
 //! raw JSON), because that is what the default provider speaks and because
 //! raw JSON keeps what we do not model — `thinking` blocks with their
 //! signatures, provider-specific block types — byte for byte, as the
-//! provider requires them back.
+//! provider requires them back. The OpenAI-compatible provider converts
+//! to and from this shape at its edge, so the rest of the host sees one
+//! transcript whatever the wire protocol.
 
 pub mod anthropic;
+pub mod openai;
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -103,6 +106,9 @@ pub enum LlmError {
 pub enum Provider {
     /// Anthropic Messages API.
     Anthropic(anthropic::AnthropicClient),
+    /// OpenAI chat completions (Moonshot's `/v1`, vLLM, llama.cpp, Ollama,
+    /// OpenRouter).
+    OpenAi(openai::OpenAiClient),
 }
 
 /// Attempts per step, the first included, before a transient fault fails the
@@ -129,10 +135,10 @@ impl Provider {
                 &config.base_url,
                 key,
             )?)),
-            Protocol::OpenAi => anyhow::bail!(
-                "AGENTKIMI_PROTOCOL=openai is not supported by this build; unset it to use the \
-                 Anthropic protocol (Moonshot serves it at https://api.moonshot.ai/anthropic)"
-            ),
+            Protocol::OpenAi => Ok(Provider::OpenAi(openai::OpenAiClient::new(
+                &config.base_url,
+                key,
+            )?)),
         }
     }
 
@@ -179,7 +185,79 @@ impl Provider {
     async fn attempt(&self, req: &StepRequest<'_>) -> Result<StepReply, LlmError> {
         match self {
             Provider::Anthropic(c) => c.step(req).await,
+            Provider::OpenAi(c) => c.step(req).await,
         }
+    }
+}
+
+/// The HTTP client both providers use.
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(20))
+        // A stream that stays silent this long is dead; the step is
+        // retried rather than waiting out the whole turn.
+        .read_timeout(Duration::from_secs(300))
+        .user_agent(concat!("agentkimi/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Turns a non-success HTTP answer into an error the retry loop can act on
+/// and a person can fix: rate limits and server faults are transient, a
+/// refused key or a wrong URL says which setting to check.
+async fn http_error(resp: reqwest::Response, url: &str, model: &str) -> LlmError {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 120.0)));
+    let text = resp.text().await.unwrap_or_default();
+    let detail = provider_message(&text);
+    let msg = format!(
+        "the model provider answered HTTP {}: {detail}",
+        status.as_u16()
+    );
+    match status.as_u16() {
+        408 | 409 | 429 | 500 | 502 | 503 | 504 | 529 => LlmError::Transient(msg, retry_after),
+        401 | 403 => LlmError::Fatal(format!(
+            "{msg}. The API key was refused: check KIMI_API_KEY / MOONSHOT_API_KEY \
+             (or AGENTKIMI_ENV_FILE) and AGENTKIMI_BASE_URL"
+        )),
+        404 => LlmError::Fatal(format!(
+            "{msg}. Check AGENTKIMI_BASE_URL and AGENTKIMI_PROTOCOL (the request went to {url}) \
+             and AGENTKIMI_MODEL ({model})"
+        )),
+        _ => LlmError::Fatal(msg),
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Pulls the human-readable message out of a provider error body, which is
+/// usually `{"error": {"message": ...}}` but may be anything.
+fn provider_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let msg = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body.chars().take(500).collect());
+    if msg.is_empty() {
+        "(empty body)".into()
+    } else {
+        msg
     }
 }
 

@@ -32,6 +32,9 @@ use std::{
 
 use serde_json::{Value, json};
 
+#[path = "mock_openai.rs"]
+pub mod openai;
+
 /// The path the server must call; the base URL the server is given has no
 /// path, and the server appends this.
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -297,7 +300,7 @@ impl Block {
 impl Request {
     /// Whether this is a model call: `POST /v1/messages`.
     pub fn is_model_call(&self) -> bool {
-        self.method == "POST" && self.path == MESSAGES_PATH
+        self.method == "POST" && (self.path == MESSAGES_PATH || self.is_openai())
     }
 
     /// The value of header `name` (case-insensitive), if present.
@@ -942,7 +945,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
 fn answer(shared: &Shared, stream: &mut TcpStream, request: &Request) -> std::io::Result<()> {
     if !request.is_model_call() {
         let message = format!(
-            "the mock model serves only POST {MESSAGES_PATH}, not {} {}",
+            "the mock model serves only POST {MESSAGES_PATH} and POST /v1/chat/completions, not {} {}",
             request.method, request.path
         );
         return write_json(stream, 404, &[], &error_body(404, &message));
@@ -996,7 +999,9 @@ fn answer(shared: &Shared, stream: &mut TcpStream, request: &Request) -> std::io
     };
     shared.log().responses.push(message.clone());
 
-    if request.is_stream() {
+    if request.is_openai() && request.is_stream() {
+        openai::write_sse(stream, &reply.headers, &message)
+    } else if request.is_stream() {
         write_sse(stream, &reply.headers, &message)
     } else {
         write_json(stream, 200, &reply.headers, &message)
@@ -1079,10 +1084,15 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, BadRequest> {
     body.truncate(length);
 
     let raw_body = String::from_utf8_lossy(&body).into_owned();
+    let mut parsed = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // Scripts read one shape; see the `openai` module.
+    if openai::CHAT_PATHS.contains(&path.as_str()) && parsed.is_object() {
+        parsed = openai::to_anthropic(&parsed);
+    }
     Ok(Request {
         method: method.to_owned(),
         path,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body: parsed,
         raw_body,
         headers,
     })
