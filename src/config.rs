@@ -93,6 +93,37 @@ pub struct Config {
     /// turns it off (`AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS=1`), to prove
     /// that the sandbox holds without it.
     pub gate: bool,
+    /// Resource limits of every sandbox.
+    pub limits: Limits,
+}
+
+/// Resource limits applied to every sandbox. Each is a setting so that a
+/// project with big artefacts can raise it; none can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file a sandboxed process may write (`AGENTKIMI_MAX_FILE_MB`,
+    /// RLIMIT_FSIZE).
+    pub max_file_mb: u64,
+    /// Disk use of the worktree past which the turn ends
+    /// (`AGENTKIMI_MAX_WORKTREE_MB`).
+    pub max_worktree_mb: u64,
+    /// Size of the sandbox's private `/tmp`, which holds its HOME
+    /// (`AGENTKIMI_MAX_TMP_MB`); it lives in memory.
+    pub max_tmp_mb: u64,
+    /// Processes and threads alive at once in one sandbox
+    /// (`AGENTKIMI_MAX_PROCS`).
+    pub max_procs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_mb: 1024,
+            max_worktree_mb: 10240,
+            max_tmp_mb: 1024,
+            max_procs: 1024,
+        }
+    }
 }
 
 impl Config {
@@ -173,6 +204,23 @@ impl Config {
             parse_number(&get, "AGENTKIMI_TURN_TIMEOUT_MS", DEFAULT_TURN_TIMEOUT_MS)?;
         let max_steps = parse_number(&get, "AGENTKIMI_MAX_STEPS", u64::from(DEFAULT_MAX_STEPS))?;
         let max_tokens = parse_number(&get, "AGENTKIMI_MAX_TOKENS", 32_000)?;
+        let d = Limits::default();
+        let limits = Limits {
+            max_file_mb: parse_number(&get, "AGENTKIMI_MAX_FILE_MB", d.max_file_mb)?,
+            max_worktree_mb: parse_number(&get, "AGENTKIMI_MAX_WORKTREE_MB", d.max_worktree_mb)?,
+            max_tmp_mb: parse_number(&get, "AGENTKIMI_MAX_TMP_MB", d.max_tmp_mb)?,
+            max_procs: parse_number(&get, "AGENTKIMI_MAX_PROCS", d.max_procs)?,
+        };
+        if limits.max_file_mb == 0
+            || limits.max_worktree_mb == 0
+            || limits.max_tmp_mb == 0
+            || limits.max_procs < 16
+        {
+            bail!(
+                "AGENTKIMI_MAX_FILE_MB, AGENTKIMI_MAX_WORKTREE_MB and AGENTKIMI_MAX_TMP_MB must be \
+                 greater than 0, and AGENTKIMI_MAX_PROCS at least 16; unset them for the defaults"
+            );
+        }
         if max_steps == 0 || turn_timeout_ms == 0 {
             bail!("AGENTKIMI_MAX_STEPS and AGENTKIMI_TURN_TIMEOUT_MS must be greater than 0");
         }
@@ -194,6 +242,7 @@ impl Config {
             max_steps: u32::try_from(max_steps).unwrap_or(u32::MAX),
             max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
             gate: get("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS").is_none_or(|v| v != "1"),
+            limits,
         })
     }
 
