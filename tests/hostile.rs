@@ -90,7 +90,10 @@ fn plant_canaries(home: &Path) -> Canaries {
     let mut secrets = Vec::new();
     for (rel, shape) in [
         (".ssh/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n"),
-        (".aws/credentials", "[default]\naws_secret_access_key = {}\n"),
+        (
+            ".aws/credentials",
+            "[default]\naws_secret_access_key = {}\n",
+        ),
         (".git-credentials", "https://user:{}@example.com\n"),
         (".config/gh/hosts.yml", "github.com:\n  oauth_token: {}\n"),
     ] {
@@ -143,7 +146,11 @@ async fn run_session(
     );
 
     let result = start(&client, workdir).await;
-    let last = mock.requests().last().cloned().expect("the model was called");
+    let last = mock
+        .requests()
+        .last()
+        .cloned()
+        .expect("the model was called");
     let results = last.all_tool_results();
     let outputs = names
         .iter()
@@ -183,8 +190,14 @@ fn assert_no_leak(run: &Run, secrets: &[String]) {
                 "attack {name} leaked a secret: {out}"
             );
         }
-        assert!(!result.contains(secret.as_str()), "the result leaked a secret");
-        assert!(!log.contains(secret.as_str()), "the server log holds a secret");
+        assert!(
+            !result.contains(secret.as_str()),
+            "the result leaked a secret"
+        );
+        assert!(
+            !log.contains(secret.as_str()),
+            "the server log holds a secret"
+        );
     }
 }
 
@@ -293,7 +306,10 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     let o = path_string(&out);
     let host_tmp_marker = format!("/tmp/agentkimi-pwned-{:x}", rand::random::<u64>());
     let root_canary = canary();
-    let root_file = PathBuf::from(format!("/root/agentkimi-canary-{:x}", rand::random::<u64>()));
+    let root_file = PathBuf::from(format!(
+        "/root/agentkimi-canary-{:x}",
+        rand::random::<u64>()
+    ));
     let planted_root = fs::write(&root_file, &root_canary).is_ok();
 
     let (tcp_port, tcp_hits) = tcp_listener();
@@ -309,18 +325,32 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     udp.set_nonblocking(true).unwrap();
     let udp_port = udp.local_addr().unwrap().port();
     // A host process that `kill -9 -1` inside must not reach.
-    let mut bystander = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
 
     let attacks = |h: &str| -> Vec<Attack> {
         vec![
             // Reading host secrets.
             bash("ssh key", format!("cat {h}/.ssh/id_rsa; ls -la {h}/.ssh")),
-            tool("aws via Read", "Read", json!({"file_path": format!("{h}/.aws/credentials")})),
+            tool(
+                "aws via Read",
+                "Read",
+                json!({"file_path": format!("{h}/.aws/credentials")}),
+            ),
             bash("git credentials", format!("cat {h}/.git-credentials")),
-            tool("grep home", "Grep", json!({"pattern": "AKCANARY", "path": h, "output_mode": "content"})),
+            tool(
+                "grep home",
+                "Grep",
+                json!({"pattern": "AKCANARY", "path": h, "output_mode": "content"}),
+            ),
             bash("root", "ls -la /root; cat /root/* /root/.* 2>&1 | head -50"),
             bash("shadow", "cat /etc/shadow /etc/gshadow; cat /etc/passwd"),
-            bash("other homes", "ls -la /home /run/user /var/run /run 2>&1; ls -la /tmp/home"),
+            bash(
+                "other homes",
+                "ls -la /home /run/user /var/run /run 2>&1; ls -la /tmp/home",
+            ),
             bash(
                 "find secrets",
                 "find / \\( -path /proc -o -path /sys -o -path /usr \\) -prune -o -type f \
@@ -328,13 +358,23 @@ async fn secrets_stay_hidden_and_escapes_fail() {
                  2>/dev/null; grep -rs AKCANARY /etc /tmp /opt /var /home /root 2>/dev/null | head",
             ),
             // Reading the key.
-            bash("env", "env; echo \"[$KIMI_API_KEY][$ANTHROPIC_AUTH_TOKEN][$MOONSHOT_API_KEY]\""),
+            bash(
+                "env",
+                "env; echo \"[$KIMI_API_KEY][$ANTHROPIC_AUTH_TOKEN][$MOONSHOT_API_KEY]\"",
+            ),
             bash(
                 "proc environ",
                 "for f in /proc/*/environ /proc/*/cmdline; do echo \"== $f\"; tr '\\0' '\\n' < $f; done 2>&1",
             ),
-            tool("Read proc 1 environ", "Read", json!({"file_path": "/proc/1/environ"})),
-            bash("dotdot proc", "cat ../../../../../../../../../proc/1/environ ../../../../../../../../proc/self/environ 2>&1 | tr '\\0' '\\n'"),
+            tool(
+                "Read proc 1 environ",
+                "Read",
+                json!({"file_path": "/proc/1/environ"}),
+            ),
+            bash(
+                "dotdot proc",
+                "cat ../../../../../../../../../proc/1/environ ../../../../../../../../proc/self/environ 2>&1 | tr '\\0' '\\n'",
+            ),
             bash(
                 "chr47 path",
                 "python3 -c \"import os; s=chr(47); [print(p, open(s+'proc'+s+p+s+'environ','rb').read()) for p in os.listdir(s+'proc') if p.isdigit()]\"",
@@ -351,25 +391,56 @@ async fn secrets_stay_hidden_and_escapes_fail() {
             bash("executor and bwrap memory", MEMORY_SCAN),
             bash("process list", "ps -ef 2>&1 || ls /proc"),
             // Writing outside the worktree.
-            bash("absolute write", format!("echo pwned > {o}/abs; echo pwned > {h}/abs")),
-            tool("Write outside", "Write", json!({"file_path": format!("{o}/write"), "content": "pwned"})),
+            bash(
+                "absolute write",
+                format!("echo pwned > {o}/abs; echo pwned > {h}/abs"),
+            ),
+            tool(
+                "Write outside",
+                "Write",
+                json!({"file_path": format!("{o}/write"), "content": "pwned"}),
+            ),
             tool(
                 "Write dotdot",
                 "Write",
                 json!({"file_path": format!("../../../../../../../../..{o}/dotdot"), "content": "pwned"}),
             ),
-            bash("symlink write", format!("ln -s {o} out-link; echo pwned > out-link/symlink; ls out-link/")),
-            tool("Write via symlink", "Write", json!({"file_path": "out-link/symlink-write", "content": "pwned"})),
-            bash("hard link", format!("ln {h}/.ssh/id_rsa hard-key; ln /etc/passwd hard-passwd; cat hard-key")),
-            bash("proc self root", format!("echo pwned > /proc/self/root{o}/procroot")),
+            bash(
+                "symlink write",
+                format!("ln -s {o} out-link; echo pwned > out-link/symlink; ls out-link/"),
+            ),
+            tool(
+                "Write via symlink",
+                "Write",
+                json!({"file_path": "out-link/symlink-write", "content": "pwned"}),
+            ),
+            bash(
+                "hard link",
+                format!("ln {h}/.ssh/id_rsa hard-key; ln /etc/passwd hard-passwd; cat hard-key"),
+            ),
+            bash(
+                "proc self root",
+                format!("echo pwned > /proc/self/root{o}/procroot"),
+            ),
             bash(
                 "proc pid cwd",
-                format!("for p in /proc/[0-9]*; do echo pwned > $p/cwd/../cwd-escape; echo pwned > $p/root{o}/pidroot; done 2>&1 | tail -3"),
+                format!(
+                    "for p in /proc/[0-9]*; do echo pwned > $p/cwd/../cwd-escape; echo pwned > $p/root{o}/pidroot; done 2>&1 | tail -3"
+                ),
             ),
-            bash("host tmp", format!("echo pwned > {host_tmp_marker}; ls /tmp")),
+            bash(
+                "host tmp",
+                format!("echo pwned > {host_tmp_marker}; ls /tmp"),
+            ),
             // Privileges.
-            bash("remount", "mount -o remount,rw /usr 2>&1; mount --bind /tmp /usr 2>&1; touch /usr/pwned 2>&1"),
-            bash("setuid", "ls -la /usr/bin/su /usr/bin/sudo /usr/bin/passwd 2>&1; sudo -n id 2>&1; su -c id root </dev/null 2>&1; id"),
+            bash(
+                "remount",
+                "mount -o remount,rw /usr 2>&1; mount --bind /tmp /usr 2>&1; touch /usr/pwned 2>&1",
+            ),
+            bash(
+                "setuid",
+                "ls -la /usr/bin/su /usr/bin/sudo /usr/bin/passwd 2>&1; sudo -n id 2>&1; su -c id root </dev/null 2>&1; id",
+            ),
             bash(
                 "nested userns",
                 "unshare -Ur id 2>&1; unshare -Urm sh -c 'mount -t tmpfs x /usr && touch /usr/pwned' 2>&1; \
@@ -380,22 +451,40 @@ async fn secrets_stay_hidden_and_escapes_fail() {
                 "python3 -c \"import ctypes; l=ctypes.CDLL(None, use_errno=True); \
                  r=l.ptrace(16, 1, 0, 0); print('ATTACHED' if r == 0 else 'refused', ctypes.get_errno())\"",
             ),
-            bash("capabilities", "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id"),
+            bash(
+                "capabilities",
+                "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id",
+            ),
             // Network.
             bash(
                 "host loopback tcp",
-                format!("echo hi > /dev/tcp/127.0.0.1/{tcp_port} 2>&1; python3 -c \"import socket; socket.create_connection(('127.0.0.1', {tcp_port}), 2)\" 2>&1 | tail -1"),
+                format!(
+                    "echo hi > /dev/tcp/127.0.0.1/{tcp_port} 2>&1; python3 -c \"import socket; socket.create_connection(('127.0.0.1', {tcp_port}), 2)\" 2>&1 | tail -1"
+                ),
             ),
-            bash("host unix socket", format!("python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}')\" 2>&1 | tail -1", path_string(&unix_path))),
+            bash(
+                "host unix socket",
+                format!(
+                    "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}')\" 2>&1 | tail -1",
+                    path_string(&unix_path)
+                ),
+            ),
             bash(
                 "abstract unix socket",
-                format!("python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{abstract_name}')\" 2>&1 | tail -1"),
+                format!(
+                    "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{abstract_name}')\" 2>&1 | tail -1"
+                ),
             ),
             bash(
                 "dns",
-                format!("getent hosts example.com 2>&1; python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'q', ('127.0.0.1', {udp_port}))\" 2>&1 | tail -1"),
+                format!(
+                    "getent hosts example.com 2>&1; python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'q', ('127.0.0.1', {udp_port}))\" 2>&1 | tail -1"
+                ),
             ),
-            bash("tiocsti", "python3 -c \"import fcntl, termios; fcntl.ioctl(0, termios.TIOCSTI, b'x')\" 2>&1 | tail -1; python3 -c \"import fcntl, termios, os; fd=os.open('/dev/tty', os.O_RDWR); fcntl.ioctl(fd, termios.TIOCSTI, b'x')\" 2>&1 | tail -1"),
+            bash(
+                "tiocsti",
+                "python3 -c \"import fcntl, termios; fcntl.ioctl(0, termios.TIOCSTI, b'x')\" 2>&1 | tail -1; python3 -c \"import fcntl, termios, os; fd=os.open('/dev/tty', os.O_RDWR); fcntl.ioctl(fd, termios.TIOCSTI, b'x')\" 2>&1 | tail -1",
+            ),
             // Outliving the turn: each marked process must be gone when the
             // turn ends; the next attack shows they were alive during it.
             bash(
@@ -406,8 +495,15 @@ async fn secrets_stay_hidden_and_escapes_fail() {
                  python3 -c \"import os,time; os.fork() and os._exit(0); os.setsid(); os.fork() and os._exit(0); os.closerange(0,3); time.sleep(31004)\"; \
                  echo started",
             ),
-            bash("alive", "sleep 0.5; ps -eo pid,sid,args 2>/dev/null | grep -c 3100 || true; ls /proc | wc -l"),
-            tool("background shell", "Bash", json!({"command": "sleep 31005", "run_in_background": true})),
+            bash(
+                "alive",
+                "sleep 0.5; ps -eo pid,sid,args 2>/dev/null | grep -c 3100 || true; ls /proc | wc -l",
+            ),
+            tool(
+                "background shell",
+                "Bash",
+                json!({"command": "sleep 31005", "run_in_background": true}),
+            ),
             // Last, because it takes the executor down with everything else
             // inside: the sandbox is restarted for the next call.
             bash("kill all", "kill -9 -1; echo survived"),
@@ -427,18 +523,36 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     assert_no_leak(&run, &all);
 
     // Nothing was written outside.
-    for name in ["abs", "write", "dotdot", "symlink", "symlink-write", "procroot", "pidroot"] {
+    for name in [
+        "abs",
+        "write",
+        "dotdot",
+        "symlink",
+        "symlink-write",
+        "procroot",
+        "pidroot",
+    ] {
         assert!(!out.join(name).exists(), "{name} was written outside");
     }
     assert!(!home.join("abs").exists());
-    assert!(!Path::new(&host_tmp_marker).exists(), "wrote to the host's /tmp");
-    assert!(!Path::new("/usr/pwned").exists(), "wrote to the host's /usr");
+    assert!(
+        !Path::new(&host_tmp_marker).exists(),
+        "wrote to the host's /tmp"
+    );
+    assert!(
+        !Path::new("/usr/pwned").exists(),
+        "wrote to the host's /usr"
+    );
     let wt = PathBuf::from(run.result["worktree"].as_str().unwrap());
     assert!(!wt.parent().unwrap().join("cwd-escape").exists());
     // The hard link to a host file could not be made, and the symlink is
     // only a link.
     assert!(!wt.join("hard-key").exists());
-    assert!(fs::symlink_metadata(wt.join("out-link")).unwrap().is_symlink());
+    assert!(
+        fs::symlink_metadata(wt.join("out-link"))
+            .unwrap()
+            .is_symlink()
+    );
 
     // Privileges: no capabilities, no_new_privs, seccomp in filter mode,
     // an unprivileged uid.
@@ -452,9 +566,16 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
     assert!(caps.contains("Seccomp:\t2"), "{caps}");
     assert!(caps.contains("uid=1000(kimi)"), "{caps}");
-    assert!(!run.output("setuid").contains("uid=0"), "{}", run.output("setuid"));
+    assert!(
+        !run.output("setuid").contains("uid=0"),
+        "{}",
+        run.output("setuid")
+    );
     let userns = run.output("nested userns");
-    assert!(!userns.contains("uid=0") && !userns.contains("UNSHARED"), "{userns}");
+    assert!(
+        !userns.contains("uid=0") && !userns.contains("UNSHARED"),
+        "{userns}"
+    );
     assert!(!run.output("ptrace executor").contains("ATTACHED"));
     // The memory scan really scanned (its own process at least) and found
     // nothing; the key and canaries are checked by assert_no_leak too.
@@ -467,19 +588,42 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     // Network: nothing reached the host.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(tcp_hits.load(Ordering::SeqCst), 0, "reached host TCP");
-    assert_eq!(unix_hits.load(Ordering::SeqCst), 0, "reached a host Unix socket");
-    assert_eq!(abstract_hits.load(Ordering::SeqCst), 0, "reached a host abstract socket");
-    assert!(udp.recv_from(&mut [0u8; 16]).is_err(), "a datagram reached the host");
+    assert_eq!(
+        unix_hits.load(Ordering::SeqCst),
+        0,
+        "reached a host Unix socket"
+    );
+    assert_eq!(
+        abstract_hits.load(Ordering::SeqCst),
+        0,
+        "reached a host abstract socket"
+    );
+    assert!(
+        udp.recv_from(&mut [0u8; 16]).is_err(),
+        "a datagram reached the host"
+    );
 
     // kill -9 -1 reached only the sandbox; the host bystander lives and the
     // session went on with a fresh sandbox.
-    assert!(bystander.try_wait().unwrap().is_none(), "kill -9 -1 killed a host process");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "kill -9 -1 killed a host process"
+    );
     assert!(run.output("after kill").contains("still-here"));
 
     // Detached processes ran during the turn and are gone after it.
     let alive = run.output("alive");
-    assert!(!alive.trim_start().starts_with('0'), "the detach attack did not run: {alive}");
-    for marker in ["sleep 31001", "sleep 31002", "sleep 31003", "31004", "sleep 31005"] {
+    assert!(
+        !alive.trim_start().starts_with('0'),
+        "the detach attack did not run: {alive}"
+    );
+    for marker in [
+        "sleep 31001",
+        "sleep 31002",
+        "sleep 31003",
+        "31004",
+        "sleep 31005",
+    ] {
         let left = gone_within(marker, Duration::from_secs(5));
         assert!(left.is_empty(), "{marker} outlived the turn: {left:?}");
     }
@@ -497,14 +641,16 @@ async fn secrets_stay_hidden_and_escapes_fail() {
     run.client.shutdown().await;
 }
 
-
 /// Standard base64 of `s`, for the encoded-shell attack.
 fn b64(s: &str) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let b = s.as_bytes();
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | (u32::from(c) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | (u32::from(c) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -528,7 +674,10 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
         .prefix("agentkimi-gitmarks-")
         .tempdir()
         .unwrap();
-    let m = format!("{}/m", path_string(&fs::canonicalize(markers.path()).unwrap()));
+    let m = format!(
+        "{}/m",
+        path_string(&fs::canonicalize(markers.path()).unwrap())
+    );
     let evil_config = format!(
         "[core]\n\tfsmonitor = touch {m}-fsmonitor\n\tpager = touch {m}-pager\n\t\
          sshCommand = touch {m}-ssh\n\thooksPath = hooks\n\teditor = touch {m}-editor\n\
@@ -560,7 +709,7 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
             bash("special files", "mkfifo fifo; python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\"; mknod dev c 1 3 2>&1; echo ok"),
             bash("odd names", "touch $'new\\nline' $'bad\\xff\\xfe' ' lead' 'trail ' -- '-dash'; echo ok"),
             tool("changed file", "Write", json!({"file_path": "greeting.txt", "content": "changed\n"})),
-            bash("replace worktree", "wt=$PWD; cd /; mv $wt $wt.moved 2>&1; rm -rf $wt 2>&1 | tail -1; ln -s /etc $wt 2>&1; echo done"),
+            bash("replace worktree", "wt=$PWD; cd /; mv $wt $wt.moved 2>&1; rmdir $wt 2>&1; ln -sfn /etc $wt.link && mv -T $wt.link $wt 2>&1; echo done"),
         ]
     })
     .await;
@@ -568,12 +717,18 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
     assert_eq!(run.result["status"], "completed", "{:#}", run.result);
     let id = run.result["session_id"].as_str().unwrap().to_string();
     let wt = PathBuf::from(run.result["worktree"].as_str().unwrap());
-    assert!(fs::symlink_metadata(&wt).unwrap().is_dir(), "the worktree was replaced");
+    assert!(
+        fs::symlink_metadata(&wt).unwrap().is_dir(),
+        "the worktree was replaced"
+    );
     // A second turn runs the diff and commit again over the planted data,
     // then the session ends (final commit, worktree removal).
     let again = run
         .client
-        .call("agentkimi_send", json!({"session_id": id, "message": "again"}))
+        .call(
+            "agentkimi_send",
+            json!({"session_id": id, "message": "again"}),
+        )
         .await;
     assert!(again.is_error != Some(true), "{again:?}");
     let end = run
@@ -587,7 +742,10 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(fired.is_empty(), "the host ran agent-planted code: {fired:?}");
+    assert!(
+        fired.is_empty(),
+        "the host ran agent-planted code: {fired:?}"
+    );
     assert_eq!(
         fs::read_to_string(repo.path().join(".git/config")).unwrap(),
         config_before,
@@ -595,7 +753,10 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
     );
     // Links are committed as links, never followed.
     let branch = format!("agentkimi/{id}");
-    let link = git_in(repo.path(), &["cat-file", "-p", &format!("{branch}:passwd-link")]);
+    let link = git_in(
+        repo.path(),
+        &["cat-file", "-p", &format!("{branch}:passwd-link")],
+    );
     assert_eq!(link.trim(), "/etc/passwd");
     let mode = git_in(repo.path(), &["ls-tree", &branch, "passwd-link"]);
     assert!(mode.starts_with("120000"), "{mode}");
@@ -604,5 +765,174 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
         "changed"
     );
     assert_no_leak(&run, &run.secrets);
+    run.client.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Limits: fork bomb, disk fill, endless output, sleeping forever, timeouts.
+
+/// Mean and worst time of spawning host `true` processes for `for_`.
+fn host_spawn_latency(for_: Duration) -> (Duration, Duration, u32) {
+    let until = Instant::now() + for_;
+    let (mut total, mut worst, mut n) = (Duration::ZERO, Duration::ZERO, 0u32);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let ok = std::process::Command::new("true")
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "the host could not start a process");
+        let d = t.elapsed();
+        total += d;
+        worst = worst.max(d);
+        n += 1;
+    }
+    (total / n.max(1), worst, n)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_bomb_disk_fill_and_runaways_are_contained() {
+    let (base_mean, base_worst, _) = host_spawn_latency(Duration::from_secs(1));
+    let measuring = Arc::new(std::sync::Mutex::new(None));
+    let m = measuring.clone();
+    // Measure the host while the bomb (the first attack) runs.
+    let measure = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2500));
+        *m.lock().unwrap() = Some(host_spawn_latency(Duration::from_secs(4)));
+    });
+    let started = Instant::now();
+    let run = run_session(
+        &[
+            ("AGENTKIMI_MAX_FILE_MB", "16"),
+            ("AGENTKIMI_MAX_WORKTREE_MB", "64"),
+            ("AGENTKIMI_MAX_TMP_MB", "32"),
+            ("AGENTKIMI_MAX_PROCS", "256"),
+        ],
+        None,
+        |_| {
+            vec![
+                tool(
+                    "fork bomb",
+                    "Bash",
+                    json!({"command": "agentkimibomb() { agentkimibomb | agentkimibomb & }; agentkimibomb; sleep 8; echo bombed", "timeout": 10_000}),
+                ),
+                bash("after bomb", "echo alive"),
+                bash("big file", "head -c 100M /dev/zero > big.bin; echo rc=$?; ls -la big.bin"),
+                bash("tmp fill", "for i in 1 2 3; do head -c 15M /dev/zero > /tmp/fill$i; done; df -m /tmp | tail -1"),
+                tool("endless output", "Bash", json!({"command": "yes agentkimi-endless", "timeout": 3_000})),
+                tool("sleep forever", "Bash", json!({"command": "sleep infinity", "timeout": 2_000})),
+                bash("disk fill", "for i in $(seq 1 100); do head -c 10M /dev/zero > fill-$i.bin || break; done; echo filled"),
+                bash("after fill", "echo should-not-run"),
+            ]
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    measure.join().unwrap();
+    let (bomb_mean, bomb_worst, bomb_n) = measuring.lock().unwrap().unwrap();
+    eprintln!(
+        "host `true` spawn: baseline mean {base_mean:?} worst {base_worst:?}; during the fork \
+         bomb mean {bomb_mean:?} worst {bomb_worst:?} over {bomb_n} spawns"
+    );
+    // The host kept starting processes promptly while the bomb ran.
+    assert!(
+        bomb_n > 10,
+        "the host started only {bomb_n} processes in 4 s"
+    );
+    assert!(bomb_worst < Duration::from_secs(2), "{bomb_worst:?}");
+    assert!(run.output("after bomb").contains("alive"));
+
+    // One file cannot exceed RLIMIT_FSIZE, /tmp cannot exceed its size.
+    let wt = PathBuf::from(run.result["worktree"].as_str().unwrap());
+    let big = run.output("big file");
+    assert!(big.contains("File size limit exceeded"), "{big}");
+    assert!(fs::metadata(wt.join("big.bin")).unwrap().len() <= 16 << 20);
+    // Output and time of runaway commands are bounded.
+    assert!(run.output("endless output").len() < 64 * 1024);
+    assert!(
+        run.output("sleep forever").contains("timed out"),
+        "{}",
+        run.output("sleep forever")
+    );
+    let tmp = run.output("tmp fill");
+    assert!(tmp.contains("No space left"), "{tmp}");
+
+    // The disk fill ended the turn with a message naming the setting.
+    assert_eq!(run.result["status"], "failed", "{:#}", run.result);
+    let note = run.result["note"].as_str().unwrap_or("");
+    assert!(note.contains("AGENTKIMI_MAX_WORKTREE_MB"), "{note}");
+    assert!(
+        run.outputs.iter().all(|(name, _)| *name != "after fill"),
+        "the turn went on after the disk limit"
+    );
+    let used: u64 = fs::read_dir(&wt)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    eprintln!(
+        "disk fill: worktree stopped at {} MiB (limit 64 MiB) after {elapsed:?}",
+        used >> 20
+    );
+    assert!(used < 512 << 20, "the fill ran to {} MiB", used >> 20);
+    for marker in ["agentkimibomb", "agentkimi-endless", "sleep infinity"] {
+        let left = gone_within(marker, Duration::from_secs(5));
+        assert!(left.is_empty(), "{marker} outlived the turn: {left:?}");
+    }
+    assert_no_leak(&run, &run.secrets);
+    run.client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_that_times_out_leaves_no_process_behind() {
+    let run = run_session(&[("AGENTKIMI_TURN_TIMEOUT_MS", "6000")], None, |_| {
+        vec![
+            bash(
+                "detach",
+                "setsid sleep 32001 >/dev/null 2>&1 < /dev/null & nohup sleep 32002 >/dev/null 2>&1 & echo ok",
+            ),
+            tool("hang", "Bash", json!({"command": "exec -a agentkimi-hang-32003 sleep 600", "timeout": 600_000})),
+        ]
+    })
+    .await;
+    assert_eq!(run.result["status"], "timeout", "{:#}", run.result);
+    for marker in ["sleep 32001", "sleep 32002", "agentkimi-hang-32003"] {
+        let left = gone_within(marker, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "{marker} outlived the timed-out turn: {left:?}"
+        );
+    }
+    run.client.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Ordinary builds still work under the filter.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordinary_builds_work_in_the_sandbox() {
+    // cargo lives outside the system directories on this kind of machine
+    // and is not mounted into the sandbox, so it is not tried here.
+    let run = run_session(&[], None, |_| {
+        vec![
+            tool("c source", "Write", json!({"file_path": "hello.c", "content": "#include <stdio.h>\nint main(void) { puts(\"built-and-ran\"); return 0; }\n"})),
+            tool("makefile", "Write", json!({"file_path": "Makefile", "content": "hello: hello.c\n\tcc -O1 -o hello hello.c\n"})),
+            bash("make", "make && ./hello"),
+            tool("py module", "Write", json!({"file_path": "calc.py", "content": "def add(a, b):\n    return a + b\n"})),
+            tool("py test", "Write", json!({"file_path": "test_calc.py", "content": "import unittest, threading, subprocess, tempfile\nfrom calc import add\n\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n    def test_threads_and_subprocess(self):\n        t = threading.Thread(target=lambda: None); t.start(); t.join()\n        self.assertEqual(subprocess.run(['true']).returncode, 0)\n        with tempfile.TemporaryDirectory() as d:\n            self.assertTrue(d.startswith('/tmp'))\n\nif __name__ == '__main__':\n    unittest.main()\n"})),
+            bash("unittest", "python3 -m unittest -v 2>&1"),
+        ]
+    })
+    .await;
+    assert_eq!(run.result["status"], "completed", "{:#}", run.result);
+    assert!(
+        run.output("make").contains("built-and-ran"),
+        "{}",
+        run.output("make")
+    );
+    let ut = run.output("unittest");
+    assert!(ut.contains("Ran 2 tests") && ut.contains("OK"), "{ut}");
     run.client.shutdown().await;
 }
