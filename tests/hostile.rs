@@ -239,11 +239,9 @@ fn tcp_listener() -> (u16, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            if let Ok(mut s) = stream {
-                h.fetch_add(1, Ordering::SeqCst);
-                let _ = s.read(&mut [0u8; 64]);
-            }
+        for mut s in listener.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = s.read(&mut [0u8; 64]);
         }
     });
     (port, hits)
