@@ -934,3 +934,38 @@ async fn ordinary_builds_work_in_the_sandbox() {
     assert!(ut.contains("Ran 2 tests") && ut.contains("OK"), "{ut}");
     run.client.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// doctor checks each layer on this machine.
+
+#[test]
+fn doctor_checks_every_layer_from_inside_a_sandbox() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentkimi"))
+        .arg("doctor")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENTKIMI_HOME", home.path())
+        .env("KIMI_API_KEY", "doctor-test-key")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for layer in [
+        "sandbox",
+        "bwrap version",
+        "process limit",
+        "capabilities",
+        "no_new_privs",
+        "seccomp",
+        "unprivileged uid",
+        "network isolation",
+        "filesystem view",
+    ] {
+        assert!(
+            text.contains(&format!("pass  {layer}: ")),
+            "{layer} did not pass:\n{text}"
+        );
+    }
+    assert!(text.contains("unshare(CLONE_NEWUSER) failed"), "{text}");
+    assert!(out.status.success(), "{text}");
+}

@@ -27,6 +27,7 @@
 //! `/proc/<pid>/environ` either.
 
 pub mod limits;
+pub mod probe;
 pub mod seccomp;
 
 use std::{
@@ -170,6 +171,11 @@ impl Profile {
     /// The network policy sandboxes of this profile get.
     pub fn network(&self) -> Network {
         self.network
+    }
+
+    /// The bwrap binary sandboxes are started with.
+    pub fn bwrap(&self) -> &Path {
+        &self.bwrap
     }
 
     /// How the number of processes in a sandbox is limited on this machine.
