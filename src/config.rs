@@ -410,6 +410,26 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let c = config(&[("AGENTKIMI_HOME", "/s")]).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = config(&[
+            ("AGENTKIMI_HOME", "/s"),
+            ("AGENTKIMI_MAX_WORKTREE_MB", "64"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_worktree_mb, 64);
+        for (var, bad) in [
+            ("AGENTKIMI_MAX_FILE_MB", "0"),
+            ("AGENTKIMI_MAX_PROCS", "3"),
+            ("AGENTKIMI_MAX_TMP_MB", "lots"),
+        ] {
+            let e = config(&[("AGENTKIMI_HOME", "/s"), (var, bad)]).unwrap_err();
+            assert!(format!("{e:#}").contains(var), "{e:#}");
+        }
+    }
+
+    #[test]
     fn no_net_forces_off() {
         let c = config(&[
             ("HOME", "/h"),

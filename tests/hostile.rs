@@ -838,6 +838,20 @@ async fn fork_bomb_disk_fill_and_runaways_are_contained() {
     );
     assert!(bomb_worst < Duration::from_secs(2), "{bomb_worst:?}");
     assert!(run.output("after bomb").contains("alive"));
+    // The bomb ran into the cgroup's cap, which is what held it (where the
+    // kernel reports a peak; on a host without a pids cgroup the rlimit
+    // holds instead, and only when the server is not root).
+    let peaks: Vec<u64> = run
+        .client
+        .server_log()
+        .lines()
+        .filter_map(|l| l.split("peak_processes=Some(").nth(1))
+        .filter_map(|r| r.split(')').next()?.parse().ok())
+        .collect();
+    eprintln!("fork bomb: sandbox process peaks {peaks:?} (cap 256)");
+    if !peaks.is_empty() {
+        assert_eq!(peaks.iter().max(), Some(&256), "{peaks:?}");
+    }
 
     // One file cannot exceed RLIMIT_FSIZE, /tmp cannot exceed its size.
     let wt = PathBuf::from(run.result["worktree"].as_str().unwrap());
@@ -874,7 +888,7 @@ async fn fork_bomb_disk_fill_and_runaways_are_contained() {
         "disk fill: worktree stopped at {} MiB (limit 64 MiB) after {elapsed:?}",
         used >> 20
     );
-    assert!(used < 512 << 20, "the fill ran to {} MiB", used >> 20);
+    assert!(used < 192 << 20, "the fill ran to {} MiB", used >> 20);
     for marker in ["agentkimibomb", "agentkimi-endless", "sleep infinity"] {
         let left = gone_within(marker, Duration::from_secs(5));
         assert!(left.is_empty(), "{marker} outlived the turn: {left:?}");

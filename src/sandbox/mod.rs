@@ -644,14 +644,14 @@ impl Sandbox {
         let watch = {
             let over = over.clone();
             async move {
-                let mut pause = Duration::from_millis(500);
+                let mut pause = Duration::from_millis(100);
                 loop {
                     tokio::time::sleep(pause).await;
                     let (full, took) = over().await;
                     if full {
                         return;
                     }
-                    pause = (took * 10).max(Duration::from_millis(500));
+                    pause = (took * 20).max(Duration::from_millis(100));
                 }
             }
         };
@@ -697,6 +697,7 @@ impl Sandbox {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
+            tracing::debug!(peak_processes = ?cg.peak(), "sandbox ended");
         }
     }
 
