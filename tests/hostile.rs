@@ -344,7 +344,10 @@ async fn secrets_stay_hidden_and_escapes_fail() {
                 json!({"pattern": "AKCANARY", "path": h, "output_mode": "content"}),
             ),
             bash("root", "ls -la /root; cat /root/* /root/.* 2>&1 | head -50"),
-            bash("shadow", "cat /etc/shadow /etc/gshadow; cat /etc/passwd"),
+            bash(
+                "shadow",
+                "cat /etc/shadow /etc/gshadow; cat /etc/passwd; echo ==; ls -A /etc",
+            ),
             bash(
                 "other homes",
                 "ls -la /home /run/user /var/run /run 2>&1; ls -la /tmp/home",
@@ -442,7 +445,11 @@ async fn secrets_stay_hidden_and_escapes_fail() {
             bash(
                 "nested userns",
                 "unshare -Ur id 2>&1; unshare -Urm sh -c 'mount -t tmpfs x /usr && touch /usr/pwned' 2>&1; \
-                 python3 -c 'import os; os.unshare(os.CLONE_NEWUSER); print(\"UNSHARED\")' 2>&1",
+                 python3 -c 'import os; os.unshare(os.CLONE_NEWUSER); print(\"UNSHARED\")' 2>&1; \
+                 python3 -c 'import ctypes, os; l = ctypes.CDLL(None, use_errno=True); \
+                 r = l.syscall(56, 0x10000000 | 17, 0, 0, 0, 0); r == 0 and os._exit(0); \
+                 print(\"CLONED\" if r > 0 else \"clone refused\", ctypes.get_errno()); \
+                 r = l.syscall(435, 0, 0); print(\"clone3\", r, ctypes.get_errno())' 2>&1",
             ),
             bash(
                 "ptrace executor",
@@ -574,7 +581,38 @@ async fn secrets_stay_hidden_and_escapes_fail() {
         !userns.contains("uid=0") && !userns.contains("UNSHARED"),
         "{userns}"
     );
+    // clone with CLONE_NEWUSER fails with EPERM, clone3 with ENOSYS (so
+    // libc falls back to the clone the filter can inspect).
+    assert!(userns.contains("clone refused 1"), "{userns}");
+    assert!(userns.contains("clone3 -1 38"), "{userns}");
     assert!(!run.output("ptrace executor").contains("ATTACHED"));
+    // What the sandbox sees: a synthetic /etc without secrets or (network
+    // off) resolver and certificates, no other homes, an empty HOME.
+    let etc = run.output("shadow");
+    assert!(etc.contains("kimi:x:1000:1000"), "{etc}");
+    assert!(!etc.contains("root:"), "{etc}");
+    let listing = etc.split("==").nth(1).unwrap_or("");
+    for absent in [
+        "shadow",
+        "ssh",
+        "ssl",
+        "resolv.conf",
+        "sudoers",
+        "machine-id",
+    ] {
+        assert!(
+            !listing.lines().any(|l| l.trim() == absent),
+            "/etc/{absent} is visible: {listing}"
+        );
+    }
+    let homes = run.output("other homes");
+    for dir in ["/home", "/run/user", "/var/run", "/run"] {
+        assert!(
+            homes.contains(&format!("cannot access '{dir}': No such file or directory")),
+            "{dir} is visible: {homes}"
+        );
+    }
+    assert!(homes.contains("total 0"), "HOME is not empty: {homes}");
     // The memory scan really scanned (its own process at least) and found
     // nothing; the key and canaries are checked by assert_no_leak too.
     let scan = run.output("executor and bwrap memory");
