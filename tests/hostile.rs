@@ -498,7 +498,7 @@ async fn secrets_stay_hidden_and_escapes_fail() {
                  nohup sleep 31002 >/dev/null 2>&1 & \
                  ( ( exec -a agentkimi-daemon-31003 sleep 31003 >/dev/null 2>&1 & ) & ) ; \
                  python3 -c \"import os,time; os.fork() and os._exit(0); os.setsid(); os.fork() and os._exit(0); os.closerange(0,3); time.sleep(31004)\"; \
-                 sleep 0.5; echo started",
+                 sleep 2; echo started",
             ),
             bash(
                 "alive",
@@ -747,7 +747,23 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
             bash("special files", "mkfifo fifo; python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\"; mknod dev c 1 3 2>&1; echo ok"),
             bash("odd names", "touch $'new\\nline' $'bad\\xff\\xfe' ' lead' 'trail ' -- '-dash'; echo ok"),
             tool("changed file", "Write", json!({"file_path": "greeting.txt", "content": "changed\n"})),
-            bash("replace worktree", "wt=$PWD; cd /; mv $wt $wt.moved 2>&1; rmdir $wt 2>&1; ln -sfn /etc $wt.link && mv -T $wt.link $wt 2>&1; echo done"),
+            // Renames only: `mv` would fall back to copying and deleting
+            // the contents, which is the agent deleting its own files.
+            bash(
+                "replace worktree",
+                r#"wt="$PWD"; cd /; python3 - "$wt" <<'EOF'
+import os, sys
+wt = sys.argv[1]
+steps = [lambda: os.rename(wt, wt + '.moved'), lambda: os.rmdir(wt),
+         lambda: os.symlink('/etc', '/tmp/wt-link'), lambda: os.rename('/tmp/wt-link', wt)]
+for step in steps:
+    try:
+        step()
+        print('ok')
+    except OSError as e:
+        print(e)
+EOF"#,
+            ),
         ]
     })
     .await;
@@ -755,6 +771,11 @@ async fn agent_written_git_data_runs_nothing_on_the_host() {
     assert_eq!(run.result["status"], "completed", "{:#}", run.result);
     let id = run.result["session_id"].as_str().unwrap().to_string();
     let wt = PathBuf::from(run.result["worktree"].as_str().unwrap());
+    let replaced = run.output("replace worktree");
+    assert!(
+        !replaced.lines().next().unwrap_or("").starts_with("ok"),
+        "the worktree mount was renamed: {replaced}"
+    );
     assert!(
         fs::symlink_metadata(&wt).unwrap().is_dir(),
         "the worktree was replaced"
@@ -940,13 +961,15 @@ async fn fork_bomb_disk_fill_and_runaways_are_contained() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_that_times_out_leaves_no_process_behind() {
     let run = run_session(&[("AGENTKIMI_TURN_TIMEOUT_MS", "6000")], None, |_| {
-        vec![
-            bash(
-                "detach",
-                "setsid sleep 32001 >/dev/null 2>&1 < /dev/null & nohup sleep 32002 >/dev/null 2>&1 & sleep 0.5; echo ok",
-            ),
-            tool("hang", "Bash", json!({"command": "exec -a agentkimi-hang-32003 sleep 600", "timeout": 600_000})),
-        ]
+        // One command detaches two processes and then hangs, so all three
+        // are alive when the turn's time runs out.
+        vec![tool(
+            "hang",
+            "Bash",
+            json!({"command": "setsid sleep 32001 >/dev/null 2>&1 < /dev/null & \
+                   nohup sleep 32002 >/dev/null 2>&1 & \
+                   exec -a agentkimi-hang-32003 sleep 600", "timeout": 600_000}),
+        )]
     })
     .await;
     assert_eq!(run.result["status"], "timeout", "{:#}", run.result);
@@ -962,15 +985,13 @@ async fn a_turn_that_times_out_leaves_no_process_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_turn_leaves_no_process_behind() {
+    // One command detaches two processes and then hangs.
     let mock = MockModel::sequence(vec![
         Reply::tools(vec![ToolUse::new(
             "Bash",
             json!({"command": "setsid sleep 33001 >/dev/null 2>&1 < /dev/null & \
-                   nohup sleep 33002 >/dev/null 2>&1 & sleep 0.5; echo ok"}),
-        )]),
-        Reply::tools(vec![ToolUse::new(
-            "Bash",
-            json!({"command": "exec -a agentkimi-hang-33003 sleep 600", "timeout": 600_000}),
+                   nohup sleep 33002 >/dev/null 2>&1 & \
+                   exec -a agentkimi-hang-33003 sleep 600", "timeout": 600_000}),
         )]),
         Reply::text("unreachable"),
     ]);
@@ -980,10 +1001,14 @@ async fn a_cancelled_turn_leaves_no_process_behind() {
         .await;
 
     // Dropping the pending call makes the client send a cancellation; do
-    // it once the hanging command is seen running on the host.
+    // it once all three processes are seen running on the host (the shell
+    // has exec'd into the hang, so a match is a real process).
     let call = client.call("agentkimi_start", json!({"prompt": "hang"}));
     let running = async {
-        while processes_with("agentkimi-hang-33003").is_empty() {
+        while ["agentkimi-hang-33003 600", "sleep 33001", "sleep 33002"]
+            .iter()
+            .any(|m| processes_with(m).is_empty())
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -992,12 +1017,6 @@ async fn a_cancelled_turn_leaves_no_process_behind() {
         () = running => {}
         () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the command never ran"),
     }
-    assert!(
-        !processes_with("sleep 33001").is_empty(),
-        "the detach attack did not run: {:?}",
-        processes_with("3300")
-    );
-
     for marker in ["sleep 33001", "sleep 33002", "agentkimi-hang-33003"] {
         let left = gone_within(marker, Duration::from_secs(10));
         assert!(
