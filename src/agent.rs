@@ -274,6 +274,9 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
     let mut sandbox: Option<Sandbox> = None;
     let mut last_text = String::new();
     let mut stop: Option<Stop> = None;
+    // Set when the worktree outgrew its disk limit: the turn ends after
+    // this step's results are saved.
+    let mut disk_full: Option<String> = None;
 
     while out.steps < ctx.max_steps {
         out.steps += 1;
@@ -364,6 +367,10 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                     Stop::Cancelled => "the turn was cancelled before this tool call ran",
                     Stop::Timeout => "the turn's time ran out before this tool call ran",
                 };
+                results.push(tool_result(&id, why, true));
+                continue;
+            }
+            if let Some(why) = &disk_full {
                 results.push(tool_result(&id, why, true));
                 continue;
             }
@@ -460,6 +467,9 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                     Ok(Err(e)) => {
                         sandbox = None;
                         let msg = e.to_string();
+                        if matches!(e, crate::sandbox::SandboxError::DiskLimit { .. }) {
+                            disk_full = Some(msg.clone());
+                        }
                         (
                             record_of(&name, &input, false, Some(msg.clone()), None, started),
                             msg,
@@ -505,6 +515,11 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
         }
         messages.push(results);
         if stop.is_some() {
+            break;
+        }
+        if let Some(why) = disk_full.take() {
+            out.status = TurnStatus::Failed;
+            out.note = Some(why);
             break;
         }
         if ctx.cancel.is_cancelled() {

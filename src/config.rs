@@ -295,6 +295,37 @@ pub struct Config {
     pub env_file: Option<PathBuf>,
     /// The config file that was read, if it exists.
     pub config_file: Option<PathBuf>,
+    /// Resource limits of every sandbox.
+    pub limits: Limits,
+}
+
+/// Resource limits applied to every sandbox. Each is a setting so that a
+/// project with big artefacts can raise it; none can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file a sandboxed process may write (`AGENTKIMI_MAX_FILE_MB`,
+    /// RLIMIT_FSIZE).
+    pub max_file_mb: u64,
+    /// Disk use of the worktree past which the turn ends
+    /// (`AGENTKIMI_MAX_WORKTREE_MB`).
+    pub max_worktree_mb: u64,
+    /// Size of the sandbox's private `/tmp`, which holds its HOME
+    /// (`AGENTKIMI_MAX_TMP_MB`); it lives in memory.
+    pub max_tmp_mb: u64,
+    /// Processes and threads alive at once in one sandbox
+    /// (`AGENTKIMI_MAX_PROCS`).
+    pub max_procs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_mb: 1024,
+            max_worktree_mb: 10240,
+            max_tmp_mb: 1024,
+            max_procs: 1024,
+        }
+    }
 }
 
 impl Config {
@@ -401,7 +432,12 @@ impl Config {
                     anyhow::anyhow!(
                         "{} is not a whole number; give a number of {} or unset it to use {default}",
                         label(name),
-                        if name.ends_with("_MS") { "milliseconds" } else { "steps or tokens" }
+                        match name.rsplit('_').next() {
+                            Some("MS") => "milliseconds",
+                            Some("MB") => "megabytes",
+                            Some("PROCS") => "processes",
+                            _ => "steps or tokens",
+                        }
                     )
                 }),
             }
@@ -411,6 +447,23 @@ impl Config {
         let max_tokens = number("AGENTKIMI_MAX_TOKENS", 32_000)?;
         let context_tokens = number("AGENTKIMI_CONTEXT_TOKENS", 256_000)?;
         let retry_base_ms = number("AGENTKIMI_RETRY_BASE_MS", 1000)?;
+        let d = Limits::default();
+        let limits = Limits {
+            max_file_mb: number("AGENTKIMI_MAX_FILE_MB", d.max_file_mb)?,
+            max_worktree_mb: number("AGENTKIMI_MAX_WORKTREE_MB", d.max_worktree_mb)?,
+            max_tmp_mb: number("AGENTKIMI_MAX_TMP_MB", d.max_tmp_mb)?,
+            max_procs: number("AGENTKIMI_MAX_PROCS", d.max_procs)?,
+        };
+        if limits.max_file_mb == 0
+            || limits.max_worktree_mb == 0
+            || limits.max_tmp_mb == 0
+            || limits.max_procs < 16
+        {
+            bail!(
+                "AGENTKIMI_MAX_FILE_MB, AGENTKIMI_MAX_WORKTREE_MB and AGENTKIMI_MAX_TMP_MB must be \
+                 greater than 0, and AGENTKIMI_MAX_PROCS at least 16; unset them for the defaults"
+            );
+        }
         if max_steps == 0 || turn_timeout_ms == 0 {
             bail!("AGENTKIMI_MAX_STEPS and AGENTKIMI_TURN_TIMEOUT_MS must be greater than 0");
         }
@@ -450,6 +503,7 @@ impl Config {
             origins,
             env_file: get("AGENTKIMI_ENV_FILE").map(PathBuf::from),
             config_file: (!file.is_empty() || config_path.exists()).then_some(config_path),
+            limits,
         })
     }
 
@@ -605,6 +659,26 @@ mod tests {
         assert!(format!("{e:#}").contains("AGENTKIMI_MAX_STEPS"));
         let e = config(&[("HOME", "/h"), ("AGENTKIMI_NETWORK", "maybe")]).unwrap_err();
         assert!(format!("{e:#}").contains("AGENTKIMI_NETWORK"));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let c = config(&[("AGENTKIMI_HOME", "/s")]).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = config(&[
+            ("AGENTKIMI_HOME", "/s"),
+            ("AGENTKIMI_MAX_WORKTREE_MB", "64"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_worktree_mb, 64);
+        for (var, bad) in [
+            ("AGENTKIMI_MAX_FILE_MB", "0"),
+            ("AGENTKIMI_MAX_PROCS", "3"),
+            ("AGENTKIMI_MAX_TMP_MB", "lots"),
+        ] {
+            let e = config(&[("AGENTKIMI_HOME", "/s"), (var, bad)]).unwrap_err();
+            assert!(format!("{e:#}").contains(var), "{e:#}");
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@
 
 use std::{
     path::{Component, Path, PathBuf},
+    sync::LazyLock,
     time::Duration,
 };
+
+use regex::Regex;
 
 use serde_json::{Value, json};
 
@@ -307,12 +310,67 @@ pub fn gate(tool: &str, input: &Value, worktree: &Path) -> Option<String> {
             .collect(),
         _ => Vec::new(),
     };
+    if tool == "Bash"
+        && let Some(command) = input.get("command").and_then(Value::as_str)
+        && let Some(why) = hostile_command(command)
+    {
+        return Some(why);
+    }
     for p in paths {
         if let Err(why) = confine(p, worktree) {
             return Some(why);
         }
     }
     None
+}
+
+/// Commands refused before they run, each with the reason the model reads.
+/// The list is short on purpose: only commands that have no use in a build
+/// and can only be an attempt on the sandbox. Program names count only in
+/// command position (start, or after `;`, `&`, `|`, `(`, `$(`, a newline),
+/// so `grep sudo notes.md` or `echo mount` still run. None of this is the
+/// boundary: each of these fails inside the sandbox anyway, and the hostile
+/// test suite proves it with the gate off.
+static HOSTILE: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    let rules: [(&str, &str); 5] = [
+        (
+            r"(?m)(^|[;&|(\n]|\$\()\s*(sudo|su|pkexec|doas|nsenter|unshare|mount|umount|chroot|setcap|capsh)\b",
+            "this command asks for privileges or namespaces the sandbox does not give: there is no \
+             root, no password and no capability here. Do the work as the sandbox user, inside the \
+             working tree",
+        ),
+        (
+            r"/proc/(\*|[0-9]+|self|thread-self|\$\w+|\$\{\w+\})/(environ|mem)\b",
+            "reading process environments or memory is refused: the sandbox holds no API key or \
+             credential to find, and the environment you need is the one your command gets",
+        ),
+        (
+            r"\bkill\s+(-9\s+|-KILL\s+|-SIGKILL\s+|-s\s+\w+\s+)?-1\s*($|[;&|)])",
+            "`kill -1` would kill every process in the sandbox, the tool executor included; kill \
+             the process ids you started instead (KillShell stops a background shell)",
+        ),
+        (
+            r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&",
+            "a fork bomb is refused; the sandbox caps its processes and would only stall this \
+             turn",
+        ),
+        (
+            r"\bTIOCSTI\b",
+            "TIOCSTI (pushing input into a terminal) is refused; the sandbox has no terminal",
+        ),
+    ];
+    rules
+        .into_iter()
+        .filter_map(|(re, why)| Regex::new(re).ok().map(|r| (r, why)))
+        .collect()
+});
+
+/// The reason `command` is refused, when it matches a hostile rule.
+fn hostile_command(command: &str) -> Option<String> {
+    HOSTILE
+        .iter()
+        .find(|(re, _)| re.is_match(command))
+        .map(|(_, why)| format!("refused by the host: {why}"))
 }
 
 /// Resolves `path` (absolute, or relative to `worktree`) and checks that it
@@ -466,6 +524,42 @@ mod tests {
         );
         assert!(gate("Grep", &json!({"pattern": "/etc/x"}), dir.path()).is_none());
         assert!(gate("Bash", &json!({"command": "ls"}), dir.path()).is_none());
+    }
+
+    #[test]
+    fn gate_refuses_obviously_hostile_commands_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let bash = |c: &str| gate("Bash", &json!({"command": c}), dir.path());
+        assert_eq!(HOSTILE.len(), 5, "every rule compiles");
+        for bad in [
+            "sudo apt-get install x",
+            "cd /tmp && su -c id root",
+            "echo hi; mount -o remount,rw /usr",
+            "x=$(unshare -Ur id)",
+            "cat /proc/1/environ",
+            "tr '\\0' '\\n' < /proc/self/environ",
+            "for p in /proc/*/environ; do cat $p; done",
+            "dd if=/proc/$pid/mem",
+            "kill -9 -1",
+            "kill -1",
+            ":(){ :|:& };:",
+            "python3 -c 'import termios; termios.TIOCSTI'",
+        ] {
+            let why = bash(bad).unwrap_or_else(|| panic!("{bad} should be refused"));
+            assert!(why.starts_with("refused by the host: "), "{why}");
+        }
+        for fine in [
+            "cargo build --release",
+            "grep -rn sudo docs/",
+            "echo mount the volume",
+            "ls /proc/self/status",
+            "kill -9 12345",
+            "kill -1 12345",
+            "make -j2 && ./run_tests",
+            "python3 -m unittest",
+        ] {
+            assert!(bash(fine).is_none(), "{fine} should run");
+        }
     }
 
     #[test]

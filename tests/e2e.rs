@@ -765,7 +765,13 @@ async fn the_key_cannot_be_read_from_inside_the_sandbox() {
         .collect();
     replies.push(Reply::text("Looked around."));
     let mock = MockModel::sequence(replies);
-    let client = McpClient::builder(&mock).api_key(&key).spawn().await;
+    // The gate refuses reads of /proc/*/environ; this test is about the
+    // sandbox, so the gate is off and the namespace alone must hold.
+    let client = McpClient::builder(&mock)
+        .api_key(&key)
+        .env("AGENTKIMI_UNSAFE_DISABLE_GATE_FOR_TESTS", "1")
+        .spawn()
+        .await;
 
     let result = client.start("Inspect your environment.", None).await;
 

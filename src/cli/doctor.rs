@@ -33,13 +33,76 @@ pub fn doctor() -> anyhow::Result<()> {
         check(
             "sandbox",
             sandbox
+                .as_ref()
                 .map(|_| "bwrap starts a sandbox with user, PID and network namespaces".into())
                 .map_err(|e| e.to_string()),
         );
+        if let Ok(profile) = &sandbox {
+            doctor_layers(profile, &mut check).await;
+        }
         println!("state directory: {}", config.home.display());
         if failed > 0 {
             anyhow::bail!("{failed} check(s) failed");
         }
         Ok(())
     })
+}
+
+/// The sandbox's layers, each checked on this machine: bwrap's version, the
+/// process limit, and what a probe sees from inside a sandbox.
+async fn doctor_layers(
+    profile: &agentkimi::sandbox::Profile,
+    check: &mut impl FnMut(&str, Result<String, String>),
+) {
+    use agentkimi::sandbox::limits::ProcessLimit;
+
+    let version = std::process::Command::new(profile.bwrap())
+        .arg("--version")
+        .output();
+    check(
+        "bwrap version",
+        match version {
+            Ok(out) if out.status.success() => {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            _ => Err(format!(
+                "{} --version failed; reinstall bubblewrap",
+                profile.bwrap().display()
+            )),
+        },
+    );
+
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    check(
+        "process limit",
+        match profile.process_limit() {
+            ProcessLimit::Cgroup { parent, v2 } => Ok(format!(
+                "a pids cgroup per sandbox under {} (cgroup {})",
+                parent.display(),
+                if *v2 { "v2" } else { "v1" }
+            )),
+            ProcessLimit::Rlimit(why) if !root => Ok(format!(
+                "RLIMIT_NPROC (no pids cgroup: {why}); it holds because the server is not root"
+            )),
+            ProcessLimit::Rlimit(why) => Err(format!(
+                "no pids cgroup ({why}) and the server runs as root, for which the kernel \
+                 ignores RLIMIT_NPROC: a fork bomb inside a sandbox is not capped. Fix: run \
+                 the server as an ordinary user, or make /sys/fs/cgroup writable with the pids \
+                 controller available"
+            )),
+        },
+    );
+
+    match profile.check_layers().await {
+        Ok(layers) => {
+            for (name, result) in layers {
+                check(&name, result);
+            }
+        }
+        Err(e) => check(
+            "layers",
+            Err(format!("the in-sandbox probe did not run: {e}")),
+        ),
+    }
 }

@@ -82,6 +82,10 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+    /// Report, from inside a sandbox, which layers are in force (started by
+    /// `doctor`; not for people).
+    #[command(hide = true)]
+    SandboxProbe,
 }
 
 /// Parses the command line and runs the command.
@@ -103,6 +107,10 @@ pub fn main() -> ExitCode {
         Command::McpConfig { client } => mcp_config::print(client).map(|()| ExitCode::SUCCESS),
         Command::Config => settings::print().map(|()| ExitCode::SUCCESS),
         Command::Doctor => doctor::doctor().map(|()| ExitCode::SUCCESS),
+        Command::SandboxProbe => {
+            agentkimi::sandbox::probe::run_inside();
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

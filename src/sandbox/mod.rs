@@ -26,6 +26,8 @@
 //! API key, which lives in the host's environment, is not in `bwrap`'s
 //! `/proc/<pid>/environ` either.
 
+pub mod limits;
+pub mod probe;
 pub mod seccomp;
 
 use std::{
@@ -46,9 +48,10 @@ use tokio::{
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 
 use crate::{
-    config::{Config, Network},
+    config::{Config, Limits, Network},
     protocol::{ExecRequest, ExecResponse, MAX_RESPONSE_LINE},
 };
+use limits::{ProcessLimit, SandboxCgroup, mib};
 
 /// User name inside the sandbox.
 pub const SANDBOX_USER: &str = "kimi";
@@ -92,6 +95,17 @@ pub enum SandboxError {
          processes ended) and will be restarted for the next tool call"
     )]
     Hung(u64),
+    /// The worktree grew past its disk limit; the sandbox was killed and
+    /// the turn must end.
+    #[error(
+        "the worktree uses more than its limit of {limit_mb} MiB of disk \
+         (AGENTKIMI_MAX_WORKTREE_MB); the sandbox was stopped and the turn ended. Delete large \
+         generated files (build output, downloads, logs) in the next turn, or raise the limit"
+    )]
+    DiskLimit {
+        /// The limit in MiB.
+        limit_mb: u64,
+    },
     /// Local I/O failure while preparing the sandbox.
     #[error("cannot prepare the sandbox: {0}")]
     Io(#[from] std::io::Error),
@@ -107,6 +121,8 @@ pub struct Profile {
     network: Network,
     /// Compiled seccomp programs, loaded by bwrap in order.
     seccomp: Vec<Vec<u8>>,
+    limits: Limits,
+    process_limit: ProcessLimit,
 }
 
 impl Profile {
@@ -132,12 +148,21 @@ impl Profile {
         let seccomp = seccomp::programs(config.network == Network::On).map_err(|e| {
             SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
         })?;
+        let process_limit = ProcessLimit::detect();
+        if let ProcessLimit::Rlimit(why) = &process_limit {
+            tracing::warn!(
+                "no pids cgroup for sandboxes ({why}); falling back to RLIMIT_NPROC, which \
+                 the kernel ignores when the server runs as root"
+            );
+        }
         let profile = Profile {
             bwrap,
             executor,
             etc_dir,
             network: config.network,
             seccomp,
+            limits: config.limits,
+            process_limit,
         };
         profile.probe().await?;
         Ok(profile)
@@ -166,11 +191,57 @@ impl Profile {
         })
     }
 
+    /// The bwrap binary sandboxes are started with.
+    pub fn bwrap(&self) -> &Path {
+        &self.bwrap
+    }
+
+    /// How the number of processes in a sandbox is limited on this machine.
+    pub fn process_limit(&self) -> &ProcessLimit {
+        &self.process_limit
+    }
+
+    /// Runs `argv` (a command inside the sandbox, e.g. a probe) under the
+    /// full profile with an empty scratch directory as the worktree, and
+    /// returns its exit status and output. For `doctor`.
+    ///
+    /// # Errors
+    ///
+    /// When bwrap cannot be started.
+    pub async fn run_probe(&self, argv: &[String]) -> Result<std::process::Output, SandboxError> {
+        let dir = self.etc_dir.with_file_name("probe");
+        std::fs::create_dir_all(&dir)?;
+        let cgroup = self.cgroup();
+        let (mut cmd, _fds) = self.command(&dir, &dir, argv, cgroup.as_ref())?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(cmd.output().await?)
+    }
+
+    /// A fresh cgroup for one sandbox, when this machine offers one. A
+    /// failure here falls back to the rlimit and is logged, never fatal:
+    /// the namespaces still hold, only the process cap is weaker.
+    fn cgroup(&self) -> Option<SandboxCgroup> {
+        if matches!(self.process_limit, ProcessLimit::Rlimit(_)) {
+            return None;
+        }
+        match SandboxCgroup::create(&self.process_limit, self.limits.max_procs) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                tracing::warn!("cannot create a cgroup for the sandbox: {e}");
+                None
+            }
+        }
+    }
+
     /// Runs `true` under the full profile, turning bwrap's complaint into
     /// advice when it fails.
     async fn probe(&self) -> Result<(), SandboxError> {
         let dir = std::env::temp_dir();
-        let (mut cmd, _fds) = self.command(&dir, &dir, &["/usr/bin/true".into()])?;
+        let cgroup = self.cgroup();
+        let (mut cmd, _fds) =
+            self.command(&dir, &dir, &["/usr/bin/true".into()], cgroup.as_ref())?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -186,12 +257,15 @@ impl Profile {
 
     /// The bwrap command running `argv` with `worktree` writable and `cwd` as
     /// the working directory, and the pipe ends carrying its seccomp
-    /// programs, which must stay open until the command is spawned.
+    /// programs, which must stay open until the command is spawned. With
+    /// `cgroup`, bwrap joins it before it starts, so everything inside is
+    /// counted from the first process on.
     fn command(
         &self,
         worktree: &Path,
         cwd: &Path,
         argv: &[String],
+        cgroup: Option<&SandboxCgroup>,
     ) -> Result<(Command, Vec<OwnedFd>), SandboxError> {
         let mut cmd = Command::new(&self.bwrap);
         // bwrap's own process keeps the environment it is started with, and
@@ -215,9 +289,18 @@ impl Profile {
             keep.push(read);
         }
         let fds: Vec<i32> = keep.iter().map(AsRawFd::as_raw_fd).collect();
+        let procs = cgroup.map(|cg| cg.procs_path().clone());
+        let fsize = mib(self.limits.max_file_mb);
+        // Without a cgroup, RLIMIT_NPROC is what is left. The kernel counts
+        // it against every process of the server's uid on the host (the
+        // sandbox uid maps to it), so the allowance is added to what that
+        // uid already runs; it does nothing for root.
+        let nproc = procs
+            .is_none()
+            .then(|| self.limits.max_procs + processes_of_this_uid());
         // SAFETY: the closure runs between fork and exec and only calls
-        // fcntl and setrlimit, which are async-signal-safe, on values
-        // computed before the fork.
+        // fcntl, open, write, close and setrlimit, which are
+        // async-signal-safe, on values computed before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 for fd in &fds {
@@ -234,6 +317,38 @@ impl Profile {
                 };
                 if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // A write past this fails with EFBIG instead of filling the
+                // disk with one file.
+                let fsize = libc::rlimit {
+                    rlim_cur: fsize,
+                    rlim_max: fsize,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &fsize) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(n) = nproc {
+                    let n = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NPROC, &n) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Join the sandbox's cgroup: writing 0 to cgroup.procs
+                // moves the writing process, and bwrap and all it starts
+                // inherit the cgroup.
+                if let Some(procs) = &procs {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -286,11 +401,16 @@ impl Profile {
             }
         }
 
+        // /tmp lives in memory: its size bounds what the sandbox can take
+        // from the host's RAM through it.
+        let tmp_size = mib(self.limits.max_tmp_mb).to_string();
         push(&[
             "--proc",
             "/proc",
             "--dev",
             "/dev",
+            "--size",
+            &tmp_size,
             "--tmpfs",
             "/tmp",
             "--dir",
@@ -356,6 +476,22 @@ fn unavailable_advice(stderr: &str) -> String {
     }
 }
 
+/// How many processes of this process's real uid run on the host.
+fn processes_of_this_uid() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path)
@@ -401,6 +537,11 @@ fn write_etc(dir: &Path) -> std::io::Result<()> {
 /// A running sandbox with its executor.
 pub struct Sandbox {
     child: Child,
+    /// Declared after `child`, so it is dropped (killing stragglers and
+    /// removing the cgroup) after bwrap was killed.
+    cgroup: Option<SandboxCgroup>,
+    worktree: PathBuf,
+    worktree_limit: u64,
     writer: FramedWrite<ChildStdin, LinesCodec>,
     reader: FramedRead<ChildStdout, LinesCodec>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -421,7 +562,8 @@ impl Sandbox {
             "--root".to_string(),
             worktree.to_string_lossy().into_owned(),
         ];
-        let (mut cmd, fds) = profile.command(worktree, cwd, &argv)?;
+        let cgroup = profile.cgroup();
+        let (mut cmd, fds) = profile.command(worktree, cwd, &argv, cgroup.as_ref())?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -453,6 +595,9 @@ impl Sandbox {
 
         Ok(Sandbox {
             child,
+            cgroup,
+            worktree: worktree.to_path_buf(),
+            worktree_limit: mib(profile.limits.max_worktree_mb),
             writer: FramedWrite::new(stdin, LinesCodec::new()),
             reader: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_RESPONSE_LINE)),
             stderr_tail,
@@ -484,6 +629,9 @@ impl Sandbox {
         };
         let line = serde_json::to_string(&req).map_err(|e| SandboxError::Died(e.to_string()))?;
 
+        let worktree = self.worktree.clone();
+        let max = self.worktree_limit;
+
         let exchange = async {
             self.writer
                 .send(line)
@@ -496,10 +644,48 @@ impl Sandbox {
                 None => Err(SandboxError::Died(self.stderr_summary())),
             }
         };
-        let result = match tokio::time::timeout(limit, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(SandboxError::Hung(limit.as_secs())),
+        // The worktree is on the host's disk, so its size is watched while
+        // the call runs (a loop writing files fills a disk in seconds) and
+        // checked once more when it ends. The interval grows with the cost
+        // of a walk, so a huge tree is not walked back to back.
+        let over = move || {
+            let wt = worktree.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    (limits::disk_usage(&wt, max) > max, started.elapsed())
+                })
+                .await
+                .unwrap_or((false, Duration::ZERO))
+            }
         };
+        let watch = {
+            let over = over.clone();
+            async move {
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    tokio::time::sleep(pause).await;
+                    let (full, took) = over().await;
+                    if full {
+                        return;
+                    }
+                    pause = (took * 20).max(Duration::from_millis(100));
+                }
+            }
+        };
+        let disk_error = || SandboxError::DiskLimit {
+            limit_mb: max >> 20,
+        };
+        let mut result = tokio::select! {
+            r = tokio::time::timeout(limit, exchange) => match r {
+                Ok(r) => r,
+                Err(_) => Err(SandboxError::Hung(limit.as_secs())),
+            },
+            () = watch => Err(disk_error()),
+        };
+        if result.is_ok() && writes(tool) && over().await.0 {
+            result = Err(disk_error());
+        }
         match result {
             Ok(resp) if resp.id == id => Ok(resp),
             Ok(resp) => Err(SandboxError::Died(format!(
@@ -527,6 +713,16 @@ impl Sandbox {
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+            tracing::debug!(peak_processes = ?cg.peak(), "sandbox ended");
+        }
+    }
+
+    /// The most processes the sandbox held at once, when its cgroup
+    /// reports it.
+    pub fn peak_processes(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(SandboxCgroup::peak)
     }
 
     /// The host pid of the `bwrap` process, for tests that check the tree is
@@ -534,6 +730,12 @@ impl Sandbox {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+}
+
+/// Whether `tool` can grow the worktree (and so is followed by a size
+/// check).
+fn writes(tool: &str) -> bool {
+    matches!(tool, "Bash" | "Write" | "Edit" | "MultiEdit" | "BashOutput")
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -558,6 +760,8 @@ mod tests {
             etc_dir: "/state/sandbox/etc".into(),
             network,
             seccomp: Vec::new(),
+            limits: Limits::default(),
+            process_limit: ProcessLimit::Rlimit("test".into()),
         }
     }
 
