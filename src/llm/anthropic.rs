@@ -11,7 +11,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{LlmError, StepReply, StepRequest, Usage, error_chain, http_error, merge_roles};
+use super::{LlmError, StepReply, StepRequest, Usage, merge_roles, send_stream};
 use crate::config::ApiKey;
 
 /// API version header the Messages API requires.
@@ -56,31 +56,14 @@ impl AnthropicClient {
         });
         // Both header forms: Anthropic-compatible gateways differ in which
         // they read, and a user's first call should not fail over that.
-        let resp = self
+        let request = self
             .http
             .post(&self.url)
             .header("x-api-key", self.key.expose())
             .bearer_auth(self.key.expose())
             .header("anthropic-version", ANTHROPIC_VERSION)
-            .header("accept", "text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                LlmError::Transient(
-                    format!(
-                        "cannot reach the model at {}: {}",
-                        self.url,
-                        error_chain(&e)
-                    ),
-                    None,
-                )
-            })?;
-
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(http_error(resp, &self.url, req.model).await);
-        }
+            .json(&body);
+        let resp = send_stream(request, &self.url, req.model).await?;
 
         let mut assembler = Assembler::default();
         let mut events = resp.bytes_stream().eventsource();

@@ -201,6 +201,29 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Sends a streaming request. A connection failure is transient; a
+/// non-success answer becomes [`http_error`]'s verdict.
+async fn send_stream(
+    request: reqwest::RequestBuilder,
+    url: &str,
+    model: &str,
+) -> Result<reqwest::Response, LlmError> {
+    let resp = request
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| {
+            LlmError::Transient(
+                format!("cannot reach the model at {url}: {}", error_chain(&e)),
+                None,
+            )
+        })?;
+    if !resp.status().is_success() {
+        return Err(http_error(resp, url, model).await);
+    }
+    Ok(resp)
+}
+
 /// Turns a non-success HTTP answer into an error the retry loop can act on
 /// and a person can fix: rate limits and server faults are transient, a
 /// refused key or a wrong URL says which setting to check.

@@ -24,9 +24,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
-use super::{
-    LlmError, Message, StepReply, StepRequest, Usage, error_chain, http_error, merge_roles,
-};
+use super::{LlmError, Message, StepReply, StepRequest, Usage, merge_roles, send_stream};
 use crate::config::ApiKey;
 
 /// Client for one OpenAI-compatible endpoint.
@@ -59,27 +57,12 @@ impl OpenAiClient {
     /// broken streams; [`LlmError::Fatal`] for everything retrying cannot fix.
     pub async fn step(&self, req: &StepRequest<'_>) -> Result<StepReply, LlmError> {
         let body = request_body(req);
-        let resp = self
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(self.key.expose())
-            .header("accept", "text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                LlmError::Transient(
-                    format!(
-                        "cannot reach the model at {}: {}",
-                        self.url,
-                        error_chain(&e)
-                    ),
-                    None,
-                )
-            })?;
-        if !resp.status().is_success() {
-            return Err(http_error(resp, &self.url, req.model).await);
-        }
+            .json(&body);
+        let resp = send_stream(request, &self.url, req.model).await?;
 
         let mut assembler = Assembler::default();
         let mut events = resp.bytes_stream().eventsource();
