@@ -374,52 +374,26 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                 results.push(tool_result(&id, why, true));
                 continue;
             }
-            let invalid = reply.invalid_tool_inputs.iter().find(|(i, _)| *i == id);
+            let invalid = reply
+                .invalid_tool_inputs
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, why)| why.as_str());
             let started = Instant::now();
-            let (record, text, is_error) = if let Some((_, why)) = invalid {
-                let msg = format!(
-                    "the input of this {name} call was not valid JSON ({why}); send it again as one JSON object"
-                );
-                (
-                    record_of(&name, &input, false, Some(why.clone()), None, started),
-                    msg,
+            let (record, text, is_error) = match refusal(
+                ctx,
+                &ledger,
+                &known_tools,
+                &name,
+                &input,
+                invalid,
+            ) {
+                Some((short, message)) => (
+                    record_of(&name, &input, false, Some(short), None, started),
+                    message,
                     true,
-                )
-            } else if !known_tools.contains(&name) {
-                let msg = format!(
-                    "there is no tool named {name:?}; the tools are: {}",
-                    known_tools.join(", ")
-                );
-                (
-                    record_of(
-                        &name,
-                        &input,
-                        false,
-                        Some("unknown tool".into()),
-                        None,
-                        started,
-                    ),
-                    msg,
-                    true,
-                )
-            } else if let Some(refusal) = ctx
-                .gate
-                .then(|| tools::gate(&name, &input, ctx.worktree))
-                .flatten()
-            {
-                (
-                    record_of(&name, &input, false, Some(refusal.clone()), None, started),
-                    refusal,
-                    true,
-                )
-            } else if let Some(refusal) = ledger.check(&name, &input, ctx.worktree) {
-                (
-                    record_of(&name, &input, false, Some(refusal.clone()), None, started),
-                    refusal,
-                    true,
-                )
-            } else if name == "TodoWrite" {
-                match todo_write(ctx, &input) {
+                ),
+                None if name == "TodoWrite" => match todo_write(ctx, &input) {
                     Ok(list) => {
                         let text = todos::result_text(&list);
                         (ctx.on_event)(TurnEvent::Todos(list.clone()));
@@ -435,67 +409,74 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                         why,
                         true,
                     ),
-                }
-            } else {
-                let call = execute(ctx, &mut sandbox, &name, &input);
-                let outcome = tokio::select! {
-                    r = call => Ok(r),
-                    _ = ctx.cancel.cancelled() => Err(Stop::Cancelled),
-                    _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
-                };
-                match outcome {
-                    Ok(Ok(resp)) => {
-                        if resp.ok
-                            && let Err(e) = ledger.record(
-                                ctx.store,
-                                ctx.session_id,
+                },
+                None => {
+                    let call = execute(ctx, &mut sandbox, &name, &input);
+                    let outcome = tokio::select! {
+                        r = call => Ok(r),
+                        _ = ctx.cancel.cancelled() => Err(Stop::Cancelled),
+                        _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
+                    };
+                    match outcome {
+                        Ok(Ok(resp)) => {
+                            if resp.ok
+                                && let Err(e) = ledger.record(
+                                    ctx.store,
+                                    ctx.session_id,
+                                    &name,
+                                    &input,
+                                    ctx.worktree,
+                                )
+                            {
+                                tracing::warn!("cannot record a file the model read: {e:#}");
+                            }
+                            if name == "Bash" {
+                                out.commands.push(command_record(&input, &resp));
+                            }
+                            let err = (!resp.ok).then(|| first_line(&resp.output));
+                            let rec = record_of(
                                 &name,
                                 &input,
-                                ctx.worktree,
+                                resp.ok,
+                                err,
+                                resp.meta.exit_code,
+                                started,
+                            );
+                            (rec, resp.output, !resp.ok)
+                        }
+                        Ok(Err(e)) => {
+                            sandbox = None;
+                            let msg = e.to_string();
+                            if matches!(e, crate::sandbox::SandboxError::DiskLimit { .. }) {
+                                disk_full = Some(msg.clone());
+                            }
+                            (
+                                record_of(&name, &input, false, Some(msg.clone()), None, started),
+                                msg,
+                                true,
                             )
-                        {
-                            tracing::warn!("cannot record a file the model read: {e:#}");
                         }
-                        if name == "Bash" {
-                            out.commands.push(command_record(&input, &resp));
-                        }
-                        let err = (!resp.ok).then(|| first_line(&resp.output));
-                        let rec =
-                            record_of(&name, &input, resp.ok, err, resp.meta.exit_code, started);
-                        (rec, resp.output, !resp.ok)
-                    }
-                    Ok(Err(e)) => {
-                        sandbox = None;
-                        let msg = e.to_string();
-                        if matches!(e, crate::sandbox::SandboxError::DiskLimit { .. }) {
-                            disk_full = Some(msg.clone());
-                        }
-                        (
-                            record_of(&name, &input, false, Some(msg.clone()), None, started),
-                            msg,
-                            true,
-                        )
-                    }
-                    Err(s) => {
-                        // The call was abandoned mid-flight: end the sandbox
-                        // so nothing it started keeps running.
-                        if let Some(mut sb) = sandbox.take() {
-                            sb.kill().await;
-                        }
-                        let msg = match s {
-                            Stop::Cancelled => {
-                                "the turn was cancelled while this tool call ran; it was stopped"
+                        Err(s) => {
+                            // The call was abandoned mid-flight: end the
+                            // sandbox so nothing it started keeps running.
+                            if let Some(mut sb) = sandbox.take() {
+                                sb.kill().await;
                             }
-                            Stop::Timeout => {
-                                "the turn's time ran out while this tool call ran; it was stopped"
-                            }
-                        };
-                        stop = Some(s);
-                        (
-                            record_of(&name, &input, false, Some(msg.into()), None, started),
-                            msg.to_string(),
-                            true,
-                        )
+                            let msg = match s {
+                                Stop::Cancelled => {
+                                    "the turn was cancelled while this tool call ran; it was stopped"
+                                }
+                                Stop::Timeout => {
+                                    "the turn's time ran out while this tool call ran; it was stopped"
+                                }
+                            };
+                            stop = Some(s);
+                            (
+                                record_of(&name, &input, false, Some(msg.into()), None, started),
+                                msg.to_string(),
+                                true,
+                            )
+                        }
                     }
                 }
             };
@@ -569,6 +550,40 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
         "turn ended"
     );
     out
+}
+
+/// Why a tool call must not run, as a short reason for the records and a
+/// message for the model, or `None` when it may run. The checks, in order:
+/// the input parsed, the tool exists, the host-side gate (unless switched
+/// off for tests), and the read-before-write rule.
+fn refusal(
+    ctx: &TurnContext<'_>,
+    ledger: &ReadLedger,
+    known_tools: &[String],
+    name: &str,
+    input: &Value,
+    invalid_json: Option<&str>,
+) -> Option<(String, String)> {
+    if let Some(why) = invalid_json {
+        let message = format!(
+            "the input of this {name} call was not valid JSON ({why}); send it again as one JSON \
+             object"
+        );
+        return Some((why.to_string(), message));
+    }
+    if !known_tools.iter().any(|t| t == name) {
+        let message = format!(
+            "there is no tool named {name:?}; the tools are: {}",
+            known_tools.join(", ")
+        );
+        return Some(("unknown tool".into(), message));
+    }
+    let refused = ctx
+        .gate
+        .then(|| tools::gate(name, input, ctx.worktree))
+        .flatten()
+        .or_else(|| ledger.check(name, input, ctx.worktree))?;
+    Some((refused.clone(), refused))
 }
 
 /// Runs TodoWrite on the host: checks the list and stores it for the
