@@ -715,7 +715,7 @@ impl Sessions {
         let id = rec.id.clone();
         let options = self.options_of(&id);
         let mut profile = self.profile().await?;
-        if options.network.as_deref() == Some("off") && profile.network() == Network::On {
+        if options.network.as_deref() == Some("off") && profile.network() != Network::Off {
             profile = Arc::new(
                 profile
                     .without_network()
