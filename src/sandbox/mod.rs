@@ -26,6 +26,7 @@
 //! API key, which lives in the host's environment, is not in `bwrap`'s
 //! `/proc/<pid>/environ` either.
 
+pub mod mounts;
 pub mod seccomp;
 
 use std::{
@@ -107,6 +108,8 @@ pub struct Profile {
     network: Network,
     /// Compiled seccomp programs, loaded by bwrap in order.
     seccomp: Vec<Vec<u8>>,
+    /// Toolchain mounts, their masked secrets and the session caches.
+    mounts: mounts::Mounts,
 }
 
 impl Profile {
@@ -132,12 +135,15 @@ impl Profile {
         let seccomp = seccomp::programs(config.network == Network::On).map_err(|e| {
             SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
         })?;
+        let mounts =
+            mounts::Mounts::new(&config.ro_paths, &config.home).map_err(SandboxError::Unavailable)?;
         let profile = Profile {
             bwrap,
             executor,
             etc_dir,
             network: config.network,
             seccomp,
+            mounts,
         };
         profile.probe().await?;
         Ok(profile)
@@ -331,6 +337,7 @@ impl Profile {
         ] {
             push(&["--setenv", k, v]);
         }
+        a.extend(self.mounts.args(worktree, SANDBOX_PATH));
         a
     }
 }
@@ -558,6 +565,7 @@ mod tests {
             etc_dir: "/state/sandbox/etc".into(),
             network,
             seccomp: Vec::new(),
+            mounts: mounts::Mounts::default(),
         }
     }
 
