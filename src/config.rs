@@ -126,7 +126,11 @@ const FILE_KEYS: &[(&str, &str, FileKind)] = &[
     ("network", "AGENTKIMI_NETWORK", FileKind::Text),
     ("deny_paths", "AGENTKIMI_DENY_PATHS", FileKind::Paths),
     ("ro_paths", "AGENTKIMI_RO_PATHS", FileKind::Paths),
-    ("allowed_domains", "AGENTKIMI_ALLOWED_DOMAINS", FileKind::Names),
+    (
+        "allowed_domains",
+        "AGENTKIMI_ALLOWED_DOMAINS",
+        FileKind::Names,
+    ),
     ("allow_filters", "AGENTKIMI_ALLOW_FILTERS", FileKind::Bool),
     (
         "turn_timeout_ms",
@@ -572,9 +576,7 @@ fn valid_domain_pattern(name: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
 }
 
@@ -781,7 +783,10 @@ mod tests {
 
         let (_d, c) = with_file("\nnetwork = \"maybe\"\n", &[]);
         let e = format!("{:#}", c.unwrap_err());
-        assert!(e.contains("line 2") && e.contains("`allowlist` or `on`"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("`allowlist` or `on`"),
+            "{e}"
+        );
 
         let (_d, c) = with_file("model = \n", &[]);
         let e = format!("{:#}", c.unwrap_err());
@@ -817,7 +822,10 @@ mod tests {
         );
         let c = c.unwrap();
         assert_eq!(c.network, Network::Allowlist);
-        assert_eq!(c.ro_paths, vec![PathBuf::from("/opt/a"), PathBuf::from("/opt/b")]);
+        assert_eq!(
+            c.ro_paths,
+            vec![PathBuf::from("/opt/a"), PathBuf::from("/opt/b")]
+        );
         assert_eq!(c.allowed_domains, vec!["example.org", "*.test.dev"]);
         let c = config(&[
             ("HOME", "/h"),
@@ -829,9 +837,15 @@ mod tests {
         assert_eq!(c.ro_paths.len(), 2);
         assert_eq!(c.allowed_domains, vec!["a.org", "b.org"]);
         assert_eq!(c.proxy_resolve[0].0, "a.org");
-        let e = config(&[("HOME", "/h"), ("AGENTKIMI_ALLOWED_DOMAINS", "a.org,http://x")])
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("AGENTKIMI_ALLOWED_DOMAINS"), "{e:#}");
+        let e = config(&[
+            ("HOME", "/h"),
+            ("AGENTKIMI_ALLOWED_DOMAINS", "a.org,http://x"),
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("AGENTKIMI_ALLOWED_DOMAINS"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -135,8 +135,8 @@ impl Profile {
         let seccomp = seccomp::programs(config.network == Network::On).map_err(|e| {
             SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
         })?;
-        let mounts =
-            mounts::Mounts::new(&config.ro_paths, &config.home).map_err(SandboxError::Unavailable)?;
+        let mounts = mounts::Mounts::new(&config.ro_paths, &config.home)
+            .map_err(SandboxError::Unavailable)?;
         let profile = Profile {
             bwrap,
             executor,

@@ -185,7 +185,9 @@ impl Mounts {
 }
 
 /// Subdirectories of a session's cache directory.
-const CACHE_SUBDIRS: &[&str] = &["cargo", "target", "npm", "pip", "uv", "go", "go-build", "xdg"];
+const CACHE_SUBDIRS: &[&str] = &[
+    "cargo", "target", "npm", "pip", "uv", "go", "go-build", "xdg",
+];
 
 /// Cache variables and where under [`CACHE_DIR`] each points.
 const CACHE_ENV: &[(&str, &str)] = &[
@@ -211,9 +213,7 @@ pub struct Mask {
 }
 
 fn is_secret(path: &Path) -> bool {
-    SECRET_PATHS
-        .iter()
-        .any(|s| path.ends_with(Path::new(s)))
+    SECRET_PATHS.iter().any(|s| path.ends_with(Path::new(s)))
 }
 
 fn walk(p: &Path, depth: usize, seen: &mut usize, roots: &[PathBuf], out: &mut Vec<Mask>) {
@@ -286,8 +286,7 @@ fn check_ro_path(p: &Path, home: &Path) -> Result<(), String> {
                  doctor` for suggestions)"
             ));
         }
-        if real_home.starts_with(cand) || cand.starts_with(&real_home) || home.starts_with(cand)
-        {
+        if real_home.starts_with(cand) || cand.starts_with(&real_home) || home.starts_with(cand) {
             return Err(format!(
                 "ro_paths entry {shown} is refused: it overlaps the agentkimi state directory \
                  {}, which holds every session's worktree and history",
@@ -465,6 +464,9 @@ mod tests {
         assert!(joined.contains("--setenv CARGO_HOME /cache/cargo"));
         assert!(joined.contains("--setenv CARGO_TARGET_DIR /cache/target"));
         assert!(home.join("caches/sess1/cargo").is_dir());
-        assert!(joined.contains(&format!("--bind {} /cache", home.join("caches/sess1").display())));
+        assert!(joined.contains(&format!(
+            "--bind {} /cache",
+            home.join("caches/sess1").display()
+        )));
     }
 }
