@@ -213,3 +213,147 @@ async fn credentials_in_mounted_trees_are_unreadable() {
     assert_eq!(result["status"], "completed", "{result}");
     client.shutdown().await;
 }
+
+/// A loopback HTTP server standing in for an allowed registry: it answers
+/// every request with `HELLO` and its path, and records the request lines.
+fn registry_stub() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = first.split(' ').nth(1).unwrap_or("?").to_string();
+            log.lock().unwrap().push(first.trim().to_string());
+            let body = format!("HELLO {path}");
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// Inside the sandbox: each way out, labelled, one line each.
+const EGRESS_PROBE: &str = r#"
+import http.client, socket, urllib.request
+PORT = int("@PORT@")
+def t(label, f):
+    try:
+        print(label, "=>", f())
+    except Exception as e:
+        print(label, "=> ERR", type(e).__name__, e)
+def tunnel(host, port):
+    c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=10)
+    c.set_tunnel(host, port)
+    c.request("GET", "/t")
+    return c.getresponse().read().decode()
+def raw_get(url):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url).encode())
+    return s.recv(200).decode().splitlines()[0]
+def socks(name):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\x00"
+    s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + (80).to_bytes(2, "big"))
+    r = s.recv(10)
+    if r[1] != 0:
+        return "refused %d" % r[1]
+    s.sendall(b"GET /s HTTP/1.0\r\nHost: allowed.test\r\n\r\n")
+    return s.recv(4096).decode().split("\r\n\r\n")[-1]
+t("plain", lambda: urllib.request.urlopen("http://allowed.test/x", timeout=10).read().decode())
+t("connect", lambda: tunnel("allowed.test", 80))
+t("socks", lambda: socks(b"allowed.test"))
+t("denied", lambda: urllib.request.urlopen("http://denied.test/x", timeout=10).read().decode())
+t("denied-connect", lambda: tunnel("denied.test", 80))
+t("denied-socks", lambda: socks(b"denied.test"))
+t("rawip", lambda: raw_get("http://127.0.0.1:%d/r" % PORT))
+t("rawip-connect", lambda: tunnel("127.0.0.1", PORT))
+t("direct", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=5) and "connected")
+t("dns", lambda: socket.getaddrinfo("allowed.test", 80))
+"#;
+
+#[tokio::test]
+async fn allowlist_lets_allowed_names_through_and_refuses_the_rest() {
+    let (port, seen) = registry_stub();
+    let probe = EGRESS_PROBE.replace("@PORT@", &port.to_string());
+    let mock = MockModel::sequence(vec![
+        bash(&format!("python3 - <<'PY'\n{probe}\nPY")),
+        Reply::tools(vec![ToolUse::new(
+            "WebFetch",
+            json!({"url": "https://denied.test/page", "prompt": "anything"}),
+        )]),
+        Reply::text("probed"),
+    ]);
+    let client = McpClient::builder(&mock)
+        .env("AGENTKIMI_NETWORK", "allowlist")
+        .env("AGENTKIMI_ALLOWED_DOMAINS", "allowed.test")
+        // Both names lead to the stub, so only the allowlist can keep
+        // denied.test from reaching it.
+        .env(
+            "AGENTKIMI_TEST_PROXY_RESOLVE",
+            &format!("allowed.test:127.0.0.1:{port},denied.test:127.0.0.1:{port}"),
+        )
+        .spawn()
+        .await;
+    let result = client.start("probe the network", None).await;
+    let requests = mock.requests();
+    let out = output(&requests, 1);
+    let line = |label: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{label} => ")))
+            .unwrap_or_else(|| panic!("no {label} line: {out}"))
+            .to_string()
+    };
+    assert_eq!(line("plain"), "plain => HELLO /x", "{out}");
+    assert_eq!(line("connect"), "connect => HELLO /t", "{out}");
+    assert_eq!(line("socks"), "socks => HELLO /s", "{out}");
+    assert!(line("denied").contains("403"), "{out}");
+    assert!(line("denied-connect").contains("403"), "{out}");
+    assert_eq!(line("denied-socks"), "denied-socks => refused 2", "{out}");
+    assert!(line("rawip").contains("403"), "{out}");
+    assert!(line("rawip-connect").contains("403"), "{out}");
+    assert!(line("direct").contains("ERR"), "{out}");
+    assert!(line("dns").contains("ERR"), "{out}");
+    // Only the three allowed requests reached the stub.
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["GET /s HTTP/1.0", "GET /t HTTP/1.1", "GET /x HTTP/1.1"],
+        "{out}"
+    );
+
+    // WebFetch is offered and goes through the proxy, which refused it.
+    assert!(requests[0].tool_names().iter().any(|n| n == "WebFetch"));
+    let fetched = output(&requests, 2);
+    assert!(!fetched.contains("HELLO"), "{fetched}");
+    let log = client.server_log();
+    for decision in [
+        "allow HTTP allowed.test:80",
+        "allow CONNECT allowed.test:80",
+        "allow SOCKS5 allowed.test:80",
+        "deny HTTP denied.test:80",
+        "deny SOCKS5 denied.test:80",
+        "deny CONNECT denied.test:443",
+        &format!("deny HTTP 127.0.0.1:{port}"),
+    ] {
+        assert!(log.contains(decision), "no `{decision}` in the log: {log}");
+    }
+    assert_eq!(result["status"], "completed", "{result}");
+    client.shutdown().await;
+}

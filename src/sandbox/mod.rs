@@ -27,6 +27,7 @@
 //! `/proc/<pid>/environ` either.
 
 pub mod mounts;
+pub mod proxy;
 pub mod seccomp;
 
 use std::{
@@ -110,6 +111,8 @@ pub struct Profile {
     seccomp: Vec<Vec<u8>>,
     /// Toolchain mounts, their masked secrets and the session caches.
     mounts: mounts::Mounts,
+    /// The egress proxy, in allowlist mode.
+    proxy: Option<Arc<proxy::EgressProxy>>,
 }
 
 impl Profile {
@@ -132,7 +135,7 @@ impl Profile {
         let executor = std::env::current_exe()?;
         let etc_dir = config.sandbox_dir().join("etc");
         write_etc(&etc_dir)?;
-        let seccomp = seccomp::programs(config.network == Network::On).map_err(|e| {
+        let seccomp = seccomp::programs(config.network != Network::Off).map_err(|e| {
             SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
         })?;
         let mounts = mounts::Mounts::new(&config.ro_paths, &config.home)
@@ -144,6 +147,7 @@ impl Profile {
             network: config.network,
             seccomp,
             mounts,
+            proxy: start_proxy(config)?,
         };
         profile.probe().await?;
         Ok(profile)
@@ -168,6 +172,7 @@ impl Profile {
         Ok(Profile {
             network: Network::Off,
             seccomp,
+            proxy: None,
             ..self.clone()
         })
     }
@@ -261,7 +266,7 @@ impl Profile {
             "--unshare-uts",
         ]);
         push(&["--unshare-cgroup-try"]);
-        if self.network == Network::Off {
+        if self.network != Network::On {
             push(&["--unshare-net"]);
         }
         let uid = SANDBOX_UID.to_string();
@@ -308,6 +313,10 @@ impl Profile {
             push(&["--ro-bind", &src.to_string_lossy(), &format!("/etc/{name}")]);
         }
         let mut etc: Vec<&str> = HOST_ETC_FILES.to_vec();
+        if self.network == Network::Allowlist {
+            // Certificates for TLS through the proxy; no resolver.
+            etc.extend_from_slice(&HOST_ETC_NET_FILES[..3]);
+        }
         if self.network == Network::On {
             etc.extend_from_slice(HOST_ETC_NET_FILES);
             // resolv.conf is often a link into /run; bind what it points to.
@@ -338,8 +347,35 @@ impl Profile {
             push(&["--setenv", k, v]);
         }
         a.extend(self.mounts.args(worktree, SANDBOX_PATH));
+        if let Some(p) = &self.proxy {
+            a.extend(p.sandbox_args());
+        }
         a
     }
+}
+
+/// Starts the egress proxy when the policy is `allowlist`.
+fn start_proxy(config: &Config) -> Result<Option<Arc<proxy::EgressProxy>>, SandboxError> {
+    if config.network != Network::Allowlist {
+        return Ok(None);
+    }
+    let socket = config
+        .sandbox_dir()
+        .join(format!("proxy-{}.sock", std::process::id()));
+    let policy = proxy::Policy::new(&config.allowed_domains, &config.proxy_resolve);
+    let p = proxy::EgressProxy::start(&socket, policy).map_err(|e| {
+        SandboxError::Unavailable(format!(
+            "cannot start the egress proxy on {}: {e}; a Unix socket path must be shorter \
+             than 108 bytes, so use a shorter AGENTKIMI_HOME, or set AGENTKIMI_NETWORK=off",
+            socket.display()
+        ))
+    })?;
+    tracing::info!(
+        "egress proxy on {} allows {}",
+        socket.display(),
+        config.allowed_domains.join(", ")
+    );
+    Ok(Some(Arc::new(p)))
 }
 
 fn unavailable_advice(stderr: &str) -> String {
@@ -566,6 +602,7 @@ mod tests {
             network,
             seccomp: Vec::new(),
             mounts: mounts::Mounts::default(),
+            proxy: None,
         }
     }
 
