@@ -130,6 +130,9 @@ async fn cargo_test_and_python_tests_pass_with_mounted_toolchains() {
         cache.display()
     );
     assert_eq!(result["status"], "completed", "{result}");
+    // Ending the session takes its caches with it.
+    client.end(id).await;
+    assert!(!cache.exists(), "{} left behind", cache.display());
     client.shutdown().await;
 }
 

@@ -197,14 +197,13 @@ impl Executor {
 pub fn run(root: &Path) -> anyhow::Result<()> {
     // In allowlist mode the host mounts its egress proxy's socket and names
     // it here; tools reach it through a forwarder on this sandbox's loopback.
-    if let Some(socket) = std::env::var_os(crate::sandbox::proxy::SOCKET_ENV) {
-        if let Err(e) = crate::sandbox::proxy::spawn_forwarder(Path::new(&socket)) {
-            eprintln!(
-                "cannot start the proxy forwarder on 127.0.0.1:{}: {e}; network requests \
-                 will fail",
-                crate::sandbox::proxy::SANDBOX_PORT
-            );
-        }
+    if let Some(socket) = std::env::var_os(crate::sandbox::proxy::SOCKET_ENV)
+        && let Err(e) = crate::sandbox::proxy::spawn_forwarder(Path::new(&socket))
+    {
+        eprintln!(
+            "cannot start the proxy forwarder on 127.0.0.1:{}: {e}; network requests will fail",
+            crate::sandbox::proxy::SANDBOX_PORT
+        );
     }
     let mut executor = Executor::new(root.to_path_buf());
     serve(&mut executor, io::stdin().lock(), io::stdout().lock())

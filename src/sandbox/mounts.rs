@@ -184,6 +184,22 @@ impl Mounts {
     }
 }
 
+/// Deletes the caches of the session whose worktree was `worktree`, under
+/// the state directory `home`; a session's caches die with its worktree.
+pub fn remove_session_cache(home: &Path, worktree: &Path) {
+    let Some(key) = worktree.file_name() else {
+        return;
+    };
+    let dir = home.join("caches").join(key);
+    // remove_dir_all does not follow symlinks a build left in the cache.
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("cannot remove the session cache {}: {e}", dir.display());
+        }
+        _ => {}
+    }
+}
+
 /// Subdirectories of a session's cache directory.
 const CACHE_SUBDIRS: &[&str] = &[
     "cargo", "target", "npm", "pip", "uv", "go", "go-build", "xdg",
