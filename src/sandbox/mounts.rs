@@ -72,8 +72,8 @@ const REFUSED_ROOTS: &[&str] = &[
 #[derive(Debug, Clone, Default)]
 pub struct Mounts {
     ro_paths: Vec<PathBuf>,
-    /// `None` only in unit tests of the profile: caches are then a tmpfs.
-    caches_root: Option<PathBuf>,
+    /// The state directory; `None` only in unit tests of the profile.
+    home: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -91,7 +91,7 @@ impl Mounts {
         }
         Ok(Mounts {
             ro_paths: ro_paths.to_vec(),
-            caches_root: Some(home.join("caches")),
+            home: Some(home.to_path_buf()),
         })
     }
 
@@ -102,12 +102,21 @@ impl Mounts {
 
     /// The host directory of the caches of the session whose worktree is
     /// `worktree` (sessions are keyed by their worktree's directory name).
+    /// `None` for a directory that is not a session worktree (the start-up
+    /// probe): that sandbox gets a throwaway tmpfs instead.
     pub fn cache_dir(&self, worktree: &Path) -> Option<PathBuf> {
-        let key = worktree
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "default".into());
-        self.caches_root.as_ref().map(|r| r.join(key))
+        let home = self.home.as_ref()?;
+        let worktrees = home.join("worktrees");
+        let parent = worktree.parent()?;
+        let same = parent == worktrees
+            || matches!(
+                (std::fs::canonicalize(parent), std::fs::canonicalize(&worktrees)),
+                (Ok(a), Ok(b)) if a == b
+            );
+        if !same {
+            return None;
+        }
+        Some(home.join("caches").join(worktree.file_name()?))
     }
 
     /// bwrap arguments that mount the toolchains, mask their secrets, mount
@@ -470,7 +479,7 @@ mod tests {
         std::fs::create_dir_all(&rustup).unwrap();
         let home = t.path().join("state");
         let m = Mounts::new(&[cargo.clone(), rustup.clone()], &home).unwrap();
-        let a = m.args(Path::new("/wt/sess1"), "/usr/bin:/bin");
+        let a = m.args(&home.join("worktrees/sess1"), "/usr/bin:/bin");
         let joined = a.join(" ");
         assert!(joined.contains(&format!(
             "--setenv PATH {}:/usr/bin:/bin",
