@@ -1,6 +1,7 @@
 //! End-to-end tests of real builds inside the real sandbox: the machine's
-//! Rust toolchain mounted through `AGENTKIMI_RO_PATHS` runs `cargo test` on
-//! a small crate, Python runs a project's tests, build output lands in the
+//! Rust toolchain mounted through `AGENTKIMI_RO_PATHS` runs `cargo test
+//! --offline` on a small crate whose one dependency comes from the host's
+//! read-only registry, Python runs a project's tests, build output lands in the
 //! session's cache instead of the worktree, and every credential planted in
 //! a mounted tree is unreadable from inside.
 
@@ -64,12 +65,13 @@ async fn cargo_test_and_python_tests_pass_with_mounted_toolchains() {
     write(
         repo.path(),
         "Cargo.toml",
-        "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\ncfg-if = \"1\"\n",
     );
     write(
         repo.path(),
         "src/lib.rs",
-        "pub fn add(a: u32, b: u32) -> u32 { a + b }\n\n#[cfg(test)]\nmod tests {\n    \
+        "cfg_if::cfg_if! { if #[cfg(unix)] { pub fn add(a: u32, b: u32) -> u32 { a + b } } }\n\n#[cfg(test)]\nmod tests {\n    \
          #[test]\n    fn adds() { assert_eq!(super::add(2, 2), 4); }\n}\n",
     );
     write(

@@ -346,7 +346,10 @@ impl Profile {
         ] {
             push(&["--setenv", k, v]);
         }
-        a.extend(self.mounts.args(worktree, SANDBOX_PATH));
+        a.extend(
+            self.mounts
+                .args(worktree, SANDBOX_PATH, self.network == Network::Off),
+        );
         if let Some(p) = &self.proxy {
             a.extend(p.sandbox_args());
         }

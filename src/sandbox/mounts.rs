@@ -122,8 +122,12 @@ impl Mounts {
     /// bwrap arguments that mount the toolchains, mask their secrets, mount
     /// the session's caches and set the environment pointing at both.
     /// `base_path` is the sandbox's `PATH` without toolchains. They go after
-    /// the profile's own arguments so this `PATH` wins.
-    pub fn args(&self, worktree: &Path, base_path: &str) -> Vec<String> {
+    /// the profile's own arguments so this `PATH` wins. `offline` (network
+    /// off) adds a read-only view of a mounted cargo home's registry to the
+    /// session's `CARGO_HOME`, so crates the host already downloaded build
+    /// with `--offline`; with a network, cargo needs that registry writable
+    /// and starts from an empty one instead.
+    pub fn args(&self, worktree: &Path, base_path: &str, offline: bool) -> Vec<String> {
         let mut a = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         for root in &self.ro_paths {
@@ -159,6 +163,23 @@ impl Mounts {
                 push(&["--tmpfs", CACHE_DIR]);
             }
             None => push(&["--tmpfs", CACHE_DIR]),
+        }
+
+        if offline {
+            for root in &self.ro_paths {
+                if root.file_name().is_some_and(|n| n == ".cargo") {
+                    for part in ["index", "cache"] {
+                        let host = root.join("registry").join(part);
+                        if host.is_dir() {
+                            push(&[
+                                "--ro-bind",
+                                &host.to_string_lossy(),
+                                &format!("{CACHE_DIR}/cargo/registry/{part}"),
+                            ]);
+                        }
+                    }
+                }
+            }
         }
 
         let mut path: Vec<String> = Vec::new();
@@ -479,7 +500,7 @@ mod tests {
         std::fs::create_dir_all(&rustup).unwrap();
         let home = t.path().join("state");
         let m = Mounts::new(&[cargo.clone(), rustup.clone()], &home).unwrap();
-        let a = m.args(&home.join("worktrees/sess1"), "/usr/bin:/bin");
+        let a = m.args(&home.join("worktrees/sess1"), "/usr/bin:/bin", true);
         let joined = a.join(" ");
         assert!(joined.contains(&format!(
             "--setenv PATH {}:/usr/bin:/bin",
