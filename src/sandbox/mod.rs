@@ -315,7 +315,7 @@ impl Profile {
         let mut etc: Vec<&str> = HOST_ETC_FILES.to_vec();
         if self.network == Network::Allowlist {
             // Certificates for TLS through the proxy; no resolver.
-            etc.extend_from_slice(&HOST_ETC_NET_FILES[..3]);
+            etc.extend_from_slice(&["ssl", "ca-certificates", "ca-certificates.conf"]);
         }
         if self.network == Network::On {
             etc.extend_from_slice(HOST_ETC_NET_FILES);

@@ -283,7 +283,10 @@ async fn serve(mut conn: UnixStream, policy: &Policy) -> std::io::Result<()> {
         return Ok(());
     }
     let (ask, rest) = if first[0] == 5 {
-        match socks_request(&mut conn).await? {
+        let asked = tokio::time::timeout(HEAD_TIMEOUT, socks_request(&mut conn))
+            .await
+            .map_err(|_| timeout_err())??;
+        match asked {
             Some(a) => (a, Vec::new()),
             None => return Ok(()),
         }
