@@ -180,6 +180,9 @@ pub fn system_prompt(worktree: &Path, start_dir: &Path, network: Network) -> Str
             "There is no network access: package downloads and web requests fail, so work with what is installed and what is in the working tree."
         }
         Network::On => "The network is available.",
+        Network::Allowlist => {
+            "The network is reachable only through an HTTP proxy that lets through a list of allowed host names (package registries by default); the proxy settings are already in the environment, so cargo, pip, npm and curl use them. DNS does not work directly and other hosts are refused."
+        }
     };
     format!(
         "You are Kimi, working as an autonomous software engineer on a task handed to you by \
@@ -218,7 +221,7 @@ relevant part;
 4. anything left undone, assumptions you made, or risks to review.",
         wt = worktree.display(),
         start = start_dir.display(),
-        web = if network == Network::On {
+        web = if network != Network::Off {
             ", and WebFetch to read a web page"
         } else {
             ""

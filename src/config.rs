@@ -72,7 +72,24 @@ pub enum Network {
     Off,
     /// The host's network is shared with the sandbox.
     On,
+    /// An empty network namespace whose only way out is the host-side
+    /// egress proxy, which lets through the host names in
+    /// [`Config::allowed_domains`] (see `sandbox::proxy`).
+    Allowlist,
 }
+
+/// Host names the egress proxy lets through by default: the package
+/// registries of Rust, npm, Python and Go.
+pub const DEFAULT_ALLOWED_DOMAINS: &[&str] = &[
+    "crates.io",
+    "static.crates.io",
+    "index.crates.io",
+    "registry.npmjs.org",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "proxy.golang.org",
+    "sum.golang.org",
+];
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +125,12 @@ const FILE_KEYS: &[(&str, &str, FileKind)] = &[
     ("protocol", "AGENTKIMI_PROTOCOL", FileKind::Text),
     ("network", "AGENTKIMI_NETWORK", FileKind::Text),
     ("deny_paths", "AGENTKIMI_DENY_PATHS", FileKind::Paths),
+    ("ro_paths", "AGENTKIMI_RO_PATHS", FileKind::Paths),
+    (
+        "allowed_domains",
+        "AGENTKIMI_ALLOWED_DOMAINS",
+        FileKind::Names,
+    ),
     ("allow_filters", "AGENTKIMI_ALLOW_FILTERS", FileKind::Bool),
     (
         "turn_timeout_ms",
@@ -128,6 +151,7 @@ const FILE_KEYS: &[(&str, &str, FileKind)] = &[
 enum FileKind {
     Text,
     Paths,
+    Names,
     Bool,
     Number,
 }
@@ -137,6 +161,7 @@ impl FileKind {
         match self {
             FileKind::Text => format!("{key} = \"text\""),
             FileKind::Paths => format!("{key} = [\"/path/one\", \"/path/two\"]"),
+            FileKind::Names => format!("{key} = [\"crates.io\", \"*.example.org\"]"),
             FileKind::Bool => format!("{key} = true"),
             FileKind::Number => format!("{key} = 30"),
         }
@@ -236,6 +261,14 @@ fn read_config_file(path: &Path) -> Result<FileValues> {
                 }
                 paths.join(":")
             }
+            FileKind::Names => {
+                let items = v.as_array().ok_or_else(wrong)?;
+                let mut names = Vec::new();
+                for item in items {
+                    names.push(item.as_str().ok_or_else(wrong)?.to_string());
+                }
+                names.join(",")
+            }
         };
         out.insert(
             var,
@@ -271,6 +304,17 @@ pub struct Config {
     pub network: Network,
     /// Paths never accepted as a `workdir`, canonicalised where they exist.
     pub deny_paths: Vec<PathBuf>,
+    /// Host paths mounted read-only at the same path inside every sandbox
+    /// (`AGENTKIMI_RO_PATHS`): the user's toolchains.
+    pub ro_paths: Vec<PathBuf>,
+    /// Host names the egress proxy lets through in `allowlist` mode
+    /// (`AGENTKIMI_ALLOWED_DOMAINS`): exact names and `*.suffix` patterns,
+    /// lower case.
+    pub allowed_domains: Vec<String>,
+    /// Test-only resolver overrides for the egress proxy
+    /// (`AGENTKIMI_TEST_PROXY_RESOLVE=host:ip:port,...`): the suite points
+    /// an allowed name at a loopback server without any DNS.
+    pub proxy_resolve: Vec<(String, std::net::SocketAddr)>,
     /// Whether repositories with git filter drivers may get a linked worktree.
     pub allow_filters: bool,
     /// Wall-clock limit of one turn.
@@ -406,8 +450,9 @@ impl Config {
         let mut network = match get("AGENTKIMI_NETWORK").as_deref() {
             None | Some("off") => Network::Off,
             Some("on") => Network::On,
+            Some("allowlist") => Network::Allowlist,
             Some(_) => bail!(
-                "{} is not a known network policy; use `off` or `on`",
+                "{} is not a known network policy; use `off`, `allowlist` or `on`",
                 label("AGENTKIMI_NETWORK")
             ),
         };
@@ -424,6 +469,41 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
+
+        let ro_paths = get("AGENTKIMI_RO_PATHS")
+            .map(|v| {
+                v.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let allowed_domains = match get("AGENTKIMI_ALLOWED_DOMAINS") {
+            Some(v) => {
+                let mut names = Vec::new();
+                for name in v.split([',', ' ']).filter(|n| !n.is_empty()) {
+                    let name = name.to_ascii_lowercase();
+                    if !valid_domain_pattern(&name) {
+                        bail!(
+                            "{} holds {name:?}, which is not a host name or `*.suffix` \
+                             pattern; list names such as crates.io or *.example.org, \
+                             separated by commas",
+                            label("AGENTKIMI_ALLOWED_DOMAINS")
+                        );
+                    }
+                    names.push(name);
+                }
+                names
+            }
+            None => DEFAULT_ALLOWED_DOMAINS
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
+        };
+        let proxy_resolve = match env("AGENTKIMI_TEST_PROXY_RESOLVE") {
+            Some(v) => parse_resolve_overrides(&v)?,
+            None => Vec::new(),
+        };
 
         let number = |name: &str, default: u64| -> Result<u64> {
             match get(name) {
@@ -493,6 +573,9 @@ impl Config {
             protocol,
             network,
             deny_paths,
+            ro_paths,
+            allowed_domains,
+            proxy_resolve,
             allow_filters: get("AGENTKIMI_ALLOW_FILTERS").is_some_and(|v| v == "1"),
             turn_timeout: Duration::from_millis(turn_timeout_ms),
             max_steps: u32::try_from(max_steps).unwrap_or(u32::MAX),
@@ -536,6 +619,37 @@ impl Config {
     pub fn sandbox_dir(&self) -> PathBuf {
         self.home.join("sandbox")
     }
+}
+
+/// Whether `name` is a host name (`crates.io`) or a `*.suffix` pattern
+/// (`*.example.org`): letters, digits, `-` and dots, no empty label.
+fn valid_domain_pattern(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Parses `host:ip:port` entries separated by commas.
+fn parse_resolve_overrides(v: &str) -> Result<Vec<(String, std::net::SocketAddr)>> {
+    let mut out = Vec::new();
+    for entry in v.split(',').filter(|e| !e.is_empty()) {
+        let parsed = entry
+            .split_once(':')
+            .and_then(|(host, addr)| Some((host, addr.parse::<std::net::SocketAddr>().ok()?)));
+        let Some((host, addr)) = parsed else {
+            bail!(
+                "AGENTKIMI_TEST_PROXY_RESOLVE entry {entry:?} is not host:ip:port; write \
+                 e.g. example.test:127.0.0.1:8080"
+            );
+        };
+        out.push((host.to_ascii_lowercase(), addr));
+    }
+    Ok(out)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -743,7 +857,10 @@ mod tests {
 
         let (_d, c) = with_file("\nnetwork = \"maybe\"\n", &[]);
         let e = format!("{:#}", c.unwrap_err());
-        assert!(e.contains("line 2") && e.contains("`off` or `on`"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("`allowlist` or `on`"),
+            "{e}"
+        );
 
         let (_d, c) = with_file("model = \n", &[]);
         let e = format!("{:#}", c.unwrap_err());
@@ -765,6 +882,44 @@ mod tests {
         std::fs::write(dir.path().join("config.toml"), "env_file = \"key.env\"\n").unwrap();
         let c = config(&[("AGENTKIMI_HOME", dir.path().to_str().unwrap())]).unwrap();
         assert_eq!(c.api_key.unwrap().expose(), "k-file");
+    }
+
+    #[test]
+    fn toolchain_and_allowlist_settings() {
+        let c = config(&[("HOME", "/h")]).unwrap();
+        assert!(c.ro_paths.is_empty());
+        assert!(c.allowed_domains.iter().any(|d| d == "index.crates.io"));
+        let (_d, c) = with_file(
+            "network = \"allowlist\"\nro_paths = [\"/opt/a\", \"/opt/b\"]\n\
+             allowed_domains = [\"Example.org\", \"*.test.dev\"]\n",
+            &[],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.network, Network::Allowlist);
+        assert_eq!(
+            c.ro_paths,
+            vec![PathBuf::from("/opt/a"), PathBuf::from("/opt/b")]
+        );
+        assert_eq!(c.allowed_domains, vec!["example.org", "*.test.dev"]);
+        let c = config(&[
+            ("HOME", "/h"),
+            ("AGENTKIMI_RO_PATHS", "/x:/y"),
+            ("AGENTKIMI_ALLOWED_DOMAINS", "a.org,b.org"),
+            ("AGENTKIMI_TEST_PROXY_RESOLVE", "a.org:127.0.0.1:9"),
+        ])
+        .unwrap();
+        assert_eq!(c.ro_paths.len(), 2);
+        assert_eq!(c.allowed_domains, vec!["a.org", "b.org"]);
+        assert_eq!(c.proxy_resolve[0].0, "a.org");
+        let e = config(&[
+            ("HOME", "/h"),
+            ("AGENTKIMI_ALLOWED_DOMAINS", "a.org,http://x"),
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("AGENTKIMI_ALLOWED_DOMAINS"),
+            "{e:#}"
+        );
     }
 
     #[test]

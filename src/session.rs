@@ -364,7 +364,13 @@ impl Sessions {
                 report.removed.push(line);
                 continue;
             }
-            match blocking(move || workspace::remove(&ws)).await {
+            let home = self.config.home.clone();
+            let removal = blocking(move || {
+                workspace::remove(&ws)?;
+                crate::sandbox::mounts::remove_session_cache(&home, &ws.worktree);
+                Ok(())
+            });
+            match removal.await {
                 Ok(()) => report.removed.push(line),
                 Err(e) => report.failed.push(format!("{line}: {e}")),
             }
@@ -715,7 +721,7 @@ impl Sessions {
         let id = rec.id.clone();
         let options = self.options_of(&id);
         let mut profile = self.profile().await?;
-        if options.network.as_deref() == Some("off") && profile.network() == Network::On {
+        if options.network.as_deref() == Some("off") && profile.network() != Network::Off {
             profile = Arc::new(
                 profile
                     .without_network()
@@ -933,12 +939,14 @@ impl Sessions {
         self.store.mark_interrupted(id)?;
 
         let ws2 = ws.clone();
+        let home = self.config.home.clone();
         let commits = blocking(move || {
             // Anything not yet on the branch (an interrupted turn's work)
             // is committed before the worktree goes away.
             workspace::commit_turn(&ws2, "agentkimi: final state at session end")?;
             let n = workspace::commits_since_base(&ws2)?;
             workspace::remove(&ws2)?;
+            crate::sandbox::mounts::remove_session_cache(&home, &ws2.worktree);
             Ok(n)
         })
         .await?;

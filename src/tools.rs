@@ -217,7 +217,7 @@ pub fn specs(network: Network) -> Vec<Value> {
             }
         }),
     ];
-    if network == Network::On {
+    if network != Network::Off {
         specs.push(json!({
             "name": "WebFetch",
             "description": "Fetch a web page from inside the sandbox and return its readable text: HTML is turned into Markdown-like text (headings, lists, links as [text](url)); plain text and JSON come back as they are. `http://` URLs are upgraded to `https://` except for localhost and loopback addresses. Redirects to the same host are followed; a redirect to another host is reported with its target so you can fetch that URL yourself. The text is cut at 100,000 characters with a marker; the request times out after 30 seconds. `prompt` says what you are looking for: it is echoed above the page text so you can answer it from the page (no second model reads the page for you). Only for public documentation and similar pages; the page cannot see your files.",

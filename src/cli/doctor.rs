@@ -40,6 +40,7 @@ pub fn doctor() -> anyhow::Result<()> {
         if let Ok(profile) = &sandbox {
             doctor_layers(profile, &mut check).await;
         }
+        toolchains(&config);
         println!("state directory: {}", config.home.display());
         if failed > 0 {
             anyhow::bail!("{failed} check(s) failed");
@@ -105,4 +106,57 @@ async fn doctor_layers(
             Err(format!("the in-sandbox probe did not run: {e}")),
         ),
     }
+}
+
+/// Reports the toolchain mounts in force and suggests the `ro_paths` line
+/// for the usual toolchain trees found on this machine.
+fn toolchains(config: &Config) {
+    use agentkimi::sandbox::mounts::{Mounts, detect_presets};
+    // The doctor is the one place that looks at the user's home: it is where
+    // toolchain installers put their trees.
+    let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    if let Ok(m) = Mounts::new(&config.ro_paths, &config.home)
+        && !config.ro_paths.is_empty()
+    {
+        let masks = m.masks();
+        println!(
+            "toolchains: {} mounted read-only; {} credential file(s) or folder(s) inside are \
+             hidden",
+            config
+                .ro_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            masks.len()
+        );
+    }
+    let presets = detect_presets(user_home.as_deref());
+    let missing: Vec<_> = presets
+        .iter()
+        .filter(|p| !config.ro_paths.iter().any(|r| p.path.starts_with(r)))
+        .collect();
+    if missing.is_empty() {
+        if config.ro_paths.is_empty() {
+            println!("toolchains: none found in the home directory; the sandbox uses /usr");
+        }
+        return;
+    }
+    for p in &missing {
+        println!("toolchains: found {} at {}", p.name, p.path.display());
+    }
+    let mut all: Vec<String> = config
+        .ro_paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    all.extend(missing.iter().map(|p| p.path.display().to_string()));
+    let quoted: Vec<String> = all.iter().map(|p| format!("{p:?}")).collect();
+    println!(
+        "toolchains: to build with them inside the sandbox, put this line in {}:\n    \
+         ro_paths = [{}]\n  (or export AGENTKIMI_RO_PATHS={})",
+        config.home.join("config.toml").display(),
+        quoted.join(", "),
+        all.join(":")
+    );
 }

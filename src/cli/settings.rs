@@ -75,11 +75,27 @@ pub fn print() -> anyhow::Result<()> {
             match config.network {
                 Network::Off => "off",
                 Network::On => "on",
+                Network::Allowlist => "allowlist",
             }
             .into(),
             origin("network"),
         ),
         ("deny_paths", deny, origin("deny_paths")),
+        (
+            "ro_paths",
+            config
+                .ro_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+            origin("ro_paths"),
+        ),
+        (
+            "allowed_domains",
+            config.allowed_domains.join(","),
+            origin("allowed_domains"),
+        ),
         (
             "allow_filters",
             config.allow_filters.to_string(),

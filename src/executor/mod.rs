@@ -195,6 +195,16 @@ impl Executor {
 /// for a reason other than the host having gone away; returns `Ok` at the
 /// end of stdin or when stdout's reader has closed it.
 pub fn run(root: &Path) -> anyhow::Result<()> {
+    // In allowlist mode the host mounts its egress proxy's socket and names
+    // it here; tools reach it through a forwarder on this sandbox's loopback.
+    if let Some(socket) = std::env::var_os(crate::sandbox::proxy::SOCKET_ENV)
+        && let Err(e) = crate::sandbox::proxy::spawn_forwarder(Path::new(&socket))
+    {
+        eprintln!(
+            "cannot start the proxy forwarder on 127.0.0.1:{}: {e}; network requests will fail",
+            crate::sandbox::proxy::SANDBOX_PORT
+        );
+    }
     let mut executor = Executor::new(root.to_path_buf());
     serve(&mut executor, io::stdin().lock(), io::stdout().lock())
 }

@@ -27,7 +27,9 @@
 //! `/proc/<pid>/environ` either.
 
 pub mod limits;
+pub mod mounts;
 pub mod probe;
+pub mod proxy;
 pub mod seccomp;
 
 use std::{
@@ -123,6 +125,10 @@ pub struct Profile {
     seccomp: Vec<Vec<u8>>,
     limits: Limits,
     process_limit: ProcessLimit,
+    /// Toolchain mounts, their masked secrets and the session caches.
+    mounts: mounts::Mounts,
+    /// The egress proxy, in allowlist mode.
+    proxy: Option<Arc<proxy::EgressProxy>>,
 }
 
 impl Profile {
@@ -145,7 +151,7 @@ impl Profile {
         let executor = std::env::current_exe()?;
         let etc_dir = config.sandbox_dir().join("etc");
         write_etc(&etc_dir)?;
-        let seccomp = seccomp::programs(config.network == Network::On).map_err(|e| {
+        let seccomp = seccomp::programs(config.network != Network::Off).map_err(|e| {
             SandboxError::Unavailable(format!("cannot build the seccomp filter: {e}"))
         })?;
         let process_limit = ProcessLimit::detect();
@@ -155,6 +161,8 @@ impl Profile {
                  the kernel ignores when the server runs as root"
             );
         }
+        let mounts = mounts::Mounts::new(&config.ro_paths, &config.home)
+            .map_err(SandboxError::Unavailable)?;
         let profile = Profile {
             bwrap,
             executor,
@@ -163,6 +171,8 @@ impl Profile {
             seccomp,
             limits: config.limits,
             process_limit,
+            mounts,
+            proxy: start_proxy(config)?,
         };
         profile.probe().await?;
         Ok(profile)
@@ -187,6 +197,7 @@ impl Profile {
         Ok(Profile {
             network: Network::Off,
             seccomp,
+            proxy: None,
             ..self.clone()
         })
     }
@@ -370,7 +381,7 @@ impl Profile {
             "--unshare-uts",
         ]);
         push(&["--unshare-cgroup-try"]);
-        if self.network == Network::Off {
+        if self.network != Network::On {
             push(&["--unshare-net"]);
         }
         let uid = SANDBOX_UID.to_string();
@@ -422,6 +433,10 @@ impl Profile {
             push(&["--ro-bind", &src.to_string_lossy(), &format!("/etc/{name}")]);
         }
         let mut etc: Vec<&str> = HOST_ETC_FILES.to_vec();
+        if self.network == Network::Allowlist {
+            // Certificates for TLS through the proxy; no resolver.
+            etc.extend_from_slice(&["ssl", "ca-certificates", "ca-certificates.conf"]);
+        }
         if self.network == Network::On {
             etc.extend_from_slice(HOST_ETC_NET_FILES);
             // resolv.conf is often a link into /run; bind what it points to.
@@ -451,8 +466,39 @@ impl Profile {
         ] {
             push(&["--setenv", k, v]);
         }
+        a.extend(
+            self.mounts
+                .args(worktree, SANDBOX_PATH, self.network == Network::Off),
+        );
+        if let Some(p) = &self.proxy {
+            a.extend(p.sandbox_args());
+        }
         a
     }
+}
+
+/// Starts the egress proxy when the policy is `allowlist`.
+fn start_proxy(config: &Config) -> Result<Option<Arc<proxy::EgressProxy>>, SandboxError> {
+    if config.network != Network::Allowlist {
+        return Ok(None);
+    }
+    let socket = config
+        .sandbox_dir()
+        .join(format!("proxy-{}.sock", std::process::id()));
+    let policy = proxy::Policy::new(&config.allowed_domains, &config.proxy_resolve);
+    let p = proxy::EgressProxy::start(&socket, policy).map_err(|e| {
+        SandboxError::Unavailable(format!(
+            "cannot start the egress proxy on {}: {e}; a Unix socket path must be shorter \
+             than 108 bytes, so use a shorter AGENTKIMI_HOME, or set AGENTKIMI_NETWORK=off",
+            socket.display()
+        ))
+    })?;
+    tracing::info!(
+        "egress proxy on {} allows {}",
+        socket.display(),
+        config.allowed_domains.join(", ")
+    );
+    Ok(Some(Arc::new(p)))
 }
 
 fn unavailable_advice(stderr: &str) -> String {
@@ -762,6 +808,8 @@ mod tests {
             seccomp: Vec::new(),
             limits: Limits::default(),
             process_limit: ProcessLimit::Rlimit("test".into()),
+            mounts: mounts::Mounts::default(),
+            proxy: None,
         }
     }
 

@@ -83,8 +83,9 @@ impl SessionOptions {
             Some("on") if config.network == Network::On => {}
             Some("on") => {
                 return Err(SessionError::Invalid(
-                    "network \"on\" refused: this server runs its sandboxes without network \
-                     (AGENTKIMI_NETWORK=off), and a call may only make the policy stricter. \
+                    "network \"on\" refused: this server runs its sandboxes without open network \
+                     (AGENTKIMI_NETWORK is off or allowlist), and a call may only make the \
+                     policy stricter. \
                      Leave `network` out, or ask whoever runs the server to set \
                      AGENTKIMI_NETWORK=on"
                         .into(),
