@@ -276,7 +276,10 @@ async fn turn_overhead(table: &mut Table, profile: &Profile) {
     for i in 0..TURNS {
         let t = Instant::now();
         let r = client
-            .call("agentkimi_start", start_args(&format!("turn {i}"), repo.path()))
+            .call(
+                "agentkimi_start",
+                start_args(&format!("turn {i}"), repo.path()),
+            )
             .await;
         times.push(t.elapsed());
         let s = structured(&r, "agentkimi_start");
@@ -296,7 +299,10 @@ async fn turn_overhead(table: &mut Table, profile: &Profile) {
         "ms",
         5.0,
     );
-    let per_turn = |p: &str| sums.get(p).map_or(0.0, |(us, _)| *us as f64 / 1000.0 / TURNS as f64);
+    let per_turn = |p: &str| {
+        sums.get(p)
+            .map_or(0.0, |(us, _)| *us as f64 / 1000.0 / TURNS as f64)
+    };
     let mut accounted = 0.0;
     for (phase, what) in [
         ("worktree", "worktree creation"),
@@ -366,7 +372,9 @@ async fn tool_round_trip(table: &mut Table, profile: &Profile) {
     let notes = root.join("notes.txt").display().to_string();
     let out = root.join("out.txt").display().to_string();
     let edit = root.join("edit.txt").display().to_string();
-    let calls: Vec<(&str, Box<dyn Fn(usize) -> Value>)> = vec![
+    // Each tool with the input of its i-th call.
+    type Input = Box<dyn Fn(usize) -> Value>;
+    let calls: Vec<(&str, Input)> = vec![
         ("Read", Box::new(move |_| json!({"file_path": notes}))),
         (
             "Write",
@@ -405,14 +413,7 @@ async fn tool_round_trip(table: &mut Table, profile: &Profile) {
         }
         let m = median(v);
         if *tool == "Bash" {
-            table.ratio(
-                "Bash `true`",
-                ms(m),
-                ms(floor),
-                "bwrap true",
-                "ms",
-                1.0,
-            );
+            table.ratio("Bash `true`", ms(m), ms(floor), "bwrap true", "ms", 1.0);
         } else {
             file_tools_worst = file_tools_worst.max(m);
             table.ratio(tool, ms(m), ms(floor), "bwrap true", "ms", 0.2);
@@ -482,7 +483,12 @@ fn tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < out.len() {
         let cur = out[i];
-        out.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     out
@@ -513,8 +519,14 @@ async fn memory(table: &mut Table) {
     let mock = MockModel::start(move |req| match req.step_in_turn() {
         0 => Reply::tools(vec![
             ToolUse::new("Read", json!({"file_path": "README.md"})),
-            ToolUse::new("Grep", json!({"pattern": "fixture", "output_mode": "content"})),
-            ToolUse::new("Bash", json!({"command": "ls -la && cat README.md | wc -l"})),
+            ToolUse::new(
+                "Grep",
+                json!({"pattern": "fixture", "output_mode": "content"}),
+            ),
+            ToolUse::new(
+                "Bash",
+                json!({"command": "ls -la && cat README.md | wc -l"}),
+            ),
         ])
         .delay(hold),
         1 => Reply::tools(vec![ToolUse::new(
@@ -541,7 +553,10 @@ async fn memory(table: &mut Table) {
     // the second is a steady-state turn. Peak over both.
     let mut peak = (0u64, 0u64, 0usize);
     for i in 0..2 {
-        let call = client.call("agentkimi_start", start_args(&format!("memory {i}"), repo.path()));
+        let call = client.call(
+            "agentkimi_start",
+            start_args(&format!("memory {i}"), repo.path()),
+        );
         tokio::pin!(call);
         let r = loop {
             tokio::select! {
@@ -786,7 +801,9 @@ async fn scale(table: &mut Table, profile: &Profile) {
         worktree = s["worktree"].as_str().unwrap_or_default().to_string();
         let log = client.server_log();
         for (k, (us, _)) in phases(log.get(skip..).unwrap_or(log.as_str())) {
-            sums.entry(k).or_insert_with(Vec::new).push(Duration::from_micros(us));
+            sums.entry(k)
+                .or_insert_with(Vec::new)
+                .push(Duration::from_micros(us));
         }
     }
     let phase = |p: &str| sums.get(p).cloned().map(median).unwrap_or_default();
@@ -834,7 +851,15 @@ async fn scale(table: &mut Table, profile: &Profile) {
     );
     client.shutdown().await;
     git_out(&repo, &["worktree", "prune"]);
-    let branches = git_out(&repo, &["branch", "--list", "agentkimi/*", "--format=%(refname:short)"]);
+    let branches = git_out(
+        &repo,
+        &[
+            "branch",
+            "--list",
+            "agentkimi/*",
+            "--format=%(refname:short)",
+        ],
+    );
     for b in branches.lines() {
         let _ = git(&repo).args(["branch", "-D", b]).output();
     }
