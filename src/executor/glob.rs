@@ -10,11 +10,15 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::SystemTime,
 };
 
 use globset::GlobBuilder;
-use ignore::WalkBuilder;
+use ignore::{WalkBuilder, WalkState};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -92,31 +96,42 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
         .map_err(|e| ToolError::new(format!("Glob: invalid pattern {:?}: {e}", args.pattern)))?
         .compile_matcher();
 
-    let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
-    let mut unreadable = 0usize;
-    for entry in standard_walker(&base).build() {
-        let Ok(entry) = entry else {
-            unreadable += 1;
-            continue;
-        };
-        if entry.file_type().is_none_or(|t| t.is_dir()) {
-            continue;
-        }
-        let path = entry.path();
-        let subject = if absolute {
-            path
-        } else {
-            path.strip_prefix(&base).unwrap_or(path)
-        };
-        if matcher.is_match(subject) {
-            let mtime = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            found.push((mtime, path.to_path_buf()));
-        }
-    }
+    // The walk runs on every core, as `rg --files` does; `render` sorts the
+    // answer, so the order in which threads find files does not matter.
+    let found = Mutex::new(Vec::<(SystemTime, PathBuf)>::new());
+    let unreadable = AtomicUsize::new(0);
+    standard_walker(&base).build_parallel().run(|| {
+        let (matcher, base, found, unreadable) = (&matcher, &base, &found, &unreadable);
+        Box::new(move |entry| {
+            let Ok(entry) = entry else {
+                unreadable.fetch_add(1, Ordering::Relaxed);
+                return WalkState::Continue;
+            };
+            if entry.file_type().is_none_or(|t| t.is_dir()) {
+                return WalkState::Continue;
+            }
+            let path = entry.path();
+            let subject = if absolute {
+                path
+            } else {
+                path.strip_prefix(base).unwrap_or(path)
+            };
+            if matcher.is_match(subject) {
+                let mtime = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                found
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((mtime, path.to_path_buf()));
+            }
+            WalkState::Continue
+        })
+    });
+    let found = found.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let unreadable = unreadable.into_inner();
 
     Ok(render(found, unreadable, &args.pattern, &base))
 }
