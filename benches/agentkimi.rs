@@ -548,6 +548,16 @@ async fn memory(table: &mut Table) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (idle_rss, idle_pss) = rss_pss(pid).expect("the server's memory");
     let idle_pss = idle_pss.unwrap_or(idle_rss);
+    let idle_status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status_kib = |key: &str| {
+        idle_status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (idle_anon, idle_file) = (status_kib("RssAnon:"), status_kib("RssFile:"));
 
     // Two turns: the first also prepares the sandbox profile and the store,
     // the second is a steady-state turn. Peak over both.
@@ -587,6 +597,12 @@ async fn memory(table: &mut Table) {
         format!("PSS {} MiB", fmt_num(mib(idle_pss))),
         "MiB",
         15.0,
+    );
+    table.info(
+        "  of which anonymous (heap, stacks)",
+        format!("{} MiB", fmt_num(mib(idle_anon))),
+        format!("file-backed {} MiB", fmt_num(mib(idle_file))),
+        String::new(),
     );
     table.bound(
         "peak RSS during a turn above idle (tree)",
@@ -918,7 +934,7 @@ async fn scale(table: &mut Table, profile: &Profile) {
         format!("rg -j1 -l {} ms", fmt_num(ms(rg_grep1))),
         format!("{:.2}×", ms(grep) / ms(rg_grep1)),
     );
-    // The issue sets no target for Glob; it is shown beside rg all the same.
+    // Glob has no target of its own; it is shown beside rg all the same.
     table.info(
         "Glob **/*.rs (no target set)",
         format!("{} ms", fmt_num(ms(glob))),

@@ -11,8 +11,8 @@
 //! time bounded on a large tree; they visit files in path order so their
 //! output is stable between calls. `files_with_matches` lists newest files
 //! first instead, because recently changed files are usually the ones the
-//! model is looking for; since it sorts its answer anyway, it searches on
-//! every core, as `rg` does. Output paths are absolute, like Glob's.
+//! model is looking for; since it sorts its answer anyway, it searches a
+//! large tree on every core, as `rg` does. Output paths are absolute, like Glob's.
 
 use std::{
     io,
@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::{
     Outcome, ToolError, ToolResult,
-    glob::{search_base, standard_walker},
+    glob::{is_large_tree, search_base, standard_walker},
     input::{Field, Kind, decode, opt, req},
     text::{CappedText, MAX_LINE_CHARS, cut_line, edit_distance, strip_eol},
 };
@@ -155,7 +155,7 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
         errors: 0,
     };
 
-    if mode == Mode::FilesWithMatches {
+    if mode == Mode::FilesWithMatches && is_large_tree(&base) {
         let (files, errors) = files_with_matches(&walker, &matcher, &searcher);
         out.files = files;
         out.errors = errors;
@@ -189,8 +189,19 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
                 }
                 result
             }
-            // Searched on several threads above.
-            Mode::FilesWithMatches => continue,
+            Mode::FilesWithMatches => {
+                let mut sink = FoundSink { found: false };
+                let result = searcher.search_path(&matcher, path, &mut sink);
+                if sink.found {
+                    let mtime = entry
+                        .metadata()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.files.push((mtime, shown));
+                }
+                result
+            }
         };
         if searched.is_err() {
             out.errors += 1;
