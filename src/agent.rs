@@ -298,6 +298,7 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
             tools: &specs,
             max_tokens: ctx.max_tokens,
         };
+        let model_started = Instant::now();
         let step = tokio::select! {
             r = ctx.provider.step(&req, &ctx.cancel, |_, msg| (ctx.on_event)(TurnEvent::Retry(msg.to_string()))) => Ok(r),
             _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
@@ -321,6 +322,7 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
             }
             Ok(Ok(r)) => r,
         };
+        log_timing("model", model_started);
         out.usage.add(&reply.usage);
 
         let mut content = reply.content;
@@ -624,13 +626,21 @@ async fn execute(
     name: &str,
     input: &Value,
 ) -> Result<crate::protocol::ExecResponse, crate::sandbox::SandboxError> {
-    if sandbox.is_none() {
+    // The first call of a sandbox also pays for bwrap setting up the
+    // namespaces and the executor starting: logged apart from later calls.
+    let first = sandbox.is_none();
+    if first {
+        let t = Instant::now();
         *sandbox = Some(Sandbox::spawn(ctx.profile, ctx.worktree, ctx.start_dir)?);
+        log_timing("sandbox_spawn", t);
     }
     let Some(sb) = sandbox.as_mut() else {
         return Err(crate::sandbox::SandboxError::Died("no sandbox".into()));
     };
-    sb.call(name, input, tools::host_limit(name, input)).await
+    let t = Instant::now();
+    let result = sb.call(name, input, tools::host_limit(name, input)).await;
+    log_timing(if first { "tool_first" } else { "tool" }, t);
+    result
 }
 
 fn record_of(
@@ -678,7 +688,15 @@ pub fn text_of(content: &[Value]) -> String {
         .join("\n")
 }
 
+/// Logs how long one phase of a turn took, at debug level under the target
+/// `agentkimi::timing` (`phase=… us=…`), so the benchmark in `bench/` can
+/// break a turn's time down without a profiler.
+pub fn log_timing(phase: &'static str, since: Instant) {
+    tracing::debug!(target: "agentkimi::timing", phase, us = since.elapsed().as_micros() as u64);
+}
+
 fn persist(ctx: &TurnContext<'_>, m: &Message) -> anyhow::Result<()> {
+    let t = Instant::now();
     ctx.store.append_message(
         ctx.session_id,
         ctx.turn,
@@ -687,6 +705,7 @@ fn persist(ctx: &TurnContext<'_>, m: &Message) -> anyhow::Result<()> {
             content: Value::Array(m.content.clone()),
         },
     )?;
+    log_timing("store", t);
     Ok(())
 }
 

@@ -507,6 +507,7 @@ impl Sessions {
         let config = self.config.clone();
         let workdir_owned = workdir.map(PathBuf::from);
         let sid = id.clone();
+        let ws_started = Instant::now();
         let ws = tokio::task::spawn_blocking(move || -> Result<Workspace, SessionError> {
             match workdir_owned {
                 Some(dir) => {
@@ -542,6 +543,7 @@ impl Sessions {
         })
         .await
         .map_err(|e| SessionError::Internal(format!("workspace task failed: {e}")))??;
+        agent::log_timing("worktree", ws_started);
 
         let rec = SessionRecord {
             id: id.clone(),
@@ -558,10 +560,12 @@ impl Sessions {
             turns: 0,
             failed_turns: 0,
         };
+        let store_started = Instant::now();
         let created = self.store.create_session(&rec).and_then(|()| {
             self.store
                 .set_session_options(&id, &serde_json::to_value(options).unwrap_or_default())
         });
+        agent::log_timing("store", store_started);
         if let Err(e) = created {
             // Without a record nobody could find or end this session: undo
             // the worktree rather than orphan it (the branch keeps nothing
@@ -742,7 +746,9 @@ impl Sessions {
             blocking(move || workspace::reopen_check(&ws2)).await?;
         }
 
+        let store_started = Instant::now();
         let turn = self.store.begin_turn(&id, &text)?;
+        agent::log_timing("store", store_started);
         let span = tracing::info_span!("turn", session = %id, turn);
         let _enter = span.enter();
         tracing::info!("turn started");
@@ -786,9 +792,13 @@ impl Sessions {
         // Record the work on the branch, then describe it.
         let message = commit_message(turn, &text, &outcome.summary);
         let ws2 = ws.clone();
+        let phase = Instant::now();
         let commit = blocking(move || workspace::commit_turn(&ws2, &message)).await;
+        agent::log_timing("commit", phase);
         let ws2 = ws.clone();
+        let phase = Instant::now();
         let diff = blocking(move || workspace::diff(&ws2)).await;
+        agent::log_timing("diff", phase);
 
         let mut note = outcome.note.clone();
         let commit = match commit {
@@ -826,7 +836,9 @@ impl Sessions {
             usage: serde_json::to_value(outcome.usage).unwrap_or_default(),
             note: note.clone(),
         };
+        let store_started = Instant::now();
         self.store.finish_turn(&record)?;
+        agent::log_timing("store", store_started);
         let session_usage = self.session_usage(&id);
 
         Ok(TurnResult {

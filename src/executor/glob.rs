@@ -10,11 +10,15 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::SystemTime,
 };
 
 use globset::GlobBuilder;
-use ignore::WalkBuilder;
+use ignore::{DirEntry, WalkBuilder, WalkState};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -46,6 +50,18 @@ pub(super) fn standard_walker(base: &Path) -> WalkBuilder {
         // if the hidden-file rule changes.
         .filter_entry(|entry| entry.file_name() != ".git");
     builder
+}
+
+/// Entries a walk must reach before it is worth several threads.
+const PARALLEL_FROM: usize = 2000;
+
+/// Whether `base` holds at least [`PARALLEL_FROM`] entries. Starting and
+/// stopping the parallel walker costs about a millisecond, several times the
+/// whole walk of a small tree, so the search tools walk on one thread unless
+/// this says the tree is large; counting stops at the limit, which costs a
+/// small fraction of a large tree's walk.
+pub(super) fn is_large_tree(base: &Path) -> bool {
+    standard_walker(base).build().take(PARALLEL_FROM).count() >= PARALLEL_FROM
 }
 
 /// Resolves the optional `path` of a search tool to a directory or file
@@ -92,15 +108,10 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
         .map_err(|e| ToolError::new(format!("Glob: invalid pattern {:?}: {e}", args.pattern)))?
         .compile_matcher();
 
-    let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
-    let mut unreadable = 0usize;
-    for entry in standard_walker(&base).build() {
-        let Ok(entry) = entry else {
-            unreadable += 1;
-            continue;
-        };
+    // The match an entry is, if it is one.
+    let visit = |entry: &DirEntry| -> Option<(SystemTime, PathBuf)> {
         if entry.file_type().is_none_or(|t| t.is_dir()) {
-            continue;
+            return None;
         }
         let path = entry.path();
         let subject = if absolute {
@@ -108,15 +119,46 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
         } else {
             path.strip_prefix(&base).unwrap_or(path)
         };
-        if matcher.is_match(subject) {
+        matcher.is_match(subject).then(|| {
             let mtime = entry
                 .metadata()
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            found.push((mtime, path.to_path_buf()));
+            (mtime, path.to_path_buf())
+        })
+    };
+    let found = Mutex::new(Vec::new());
+    let unreadable = AtomicUsize::new(0);
+    let record = |entry: Result<DirEntry, ignore::Error>| match entry {
+        Ok(entry) => {
+            if let Some(hit) = visit(&entry) {
+                found
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(hit);
+            }
         }
+        Err(_) => {
+            unreadable.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    // A large tree is walked on every core, as `rg --files` does; `render`
+    // sorts the answer, so the order in which threads find files does not
+    // matter.
+    if is_large_tree(&base) {
+        standard_walker(&base).build_parallel().run(|| {
+            let record = &record;
+            Box::new(move |entry| {
+                record(entry);
+                WalkState::Continue
+            })
+        });
+    } else {
+        standard_walker(&base).build().for_each(record);
     }
+    let found = found.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let unreadable = unreadable.into_inner();
 
     Ok(render(found, unreadable, &args.pattern, &base))
 }
@@ -315,6 +357,46 @@ mod tests {
         // Glob skips hidden files whatever the pattern (LS shows them).
         assert_eq!(rg_files(root, "**/.env").unwrap(), ["src/deep/.env"]);
         assert!(glob_files(root, "**/.env").is_empty());
+    }
+
+    #[test]
+    fn large_trees_give_the_same_answers_on_every_core() {
+        let dir = tree();
+        let root = dir.path();
+        let d = root.display();
+        assert!(!is_large_tree(root));
+        fs::create_dir(root.join("many")).unwrap();
+        for i in 0..PARALLEL_FROM {
+            let text = if i % 500 == 7 { "needle\n" } else { "hay\n" };
+            fs::write(root.join(format!("many/f{i:04}.txt")), text).unwrap();
+        }
+        fs::write(root.join("target/needle.txt"), "needle\n").unwrap();
+        assert!(is_large_tree(root));
+
+        // The same answer as the small tree's, ignores and order included.
+        let out = glob(root, json!({"pattern": "**/*.rs"}));
+        assert_eq!(
+            out.output,
+            format!("{d}/src/b.rs\n{d}/src/deep/c.rs\n{d}/a.rs")
+        );
+        let mut found: Vec<String> = glob(root, json!({"pattern": "many/f000*.txt"}))
+            .output
+            .lines()
+            .map(str::to_string)
+            .collect();
+        found.sort();
+        let expected: Vec<String> = (0..10).map(|i| format!("{d}/many/f000{i}.txt")).collect();
+        assert_eq!(found, expected);
+
+        // Grep's files_with_matches takes the parallel walk too.
+        let out = super::super::grep::run(root, &json!({"pattern": "needle"})).unwrap();
+        let mut found: Vec<&str> = out.output.lines().collect();
+        found.sort();
+        let expected: Vec<String> = [7, 507, 1007, 1507]
+            .iter()
+            .map(|i| format!("{d}/many/f{i:04}.txt"))
+            .collect();
+        assert_eq!(found, expected);
     }
 
     #[test]

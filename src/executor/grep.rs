@@ -6,24 +6,33 @@
 //! it knows from `rg`: ignore files respected, hidden and binary files
 //! skipped, `^`/`$` anchored at line boundaries.
 //!
-//! The search runs on one thread and stops as soon as the output is full or
-//! `head_limit` is reached, which keeps both memory and time bounded on a
-//! large tree. Output paths are absolute, like Glob's. Files are visited in
-//! path order so content and count output are stable between calls;
-//! `files_with_matches` lists newest files first instead, because recently
-//! changed files are usually the ones the model is looking for.
+//! Content and count searches run on one thread and stop as soon as the
+//! output is full or `head_limit` is reached, which keeps both memory and
+//! time bounded on a large tree; they visit files in path order so their
+//! output is stable between calls. `files_with_matches` lists newest files
+//! first instead, because recently changed files are usually the ones the
+//! model is looking for; since it sorts its answer anyway, it searches a
+//! large tree on every core, as `rg` does. Output paths are absolute, like Glob's.
 
-use std::{io, path::Path, time::SystemTime};
+use std::{
+    io,
+    path::Path,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::SystemTime,
+};
 
 use grep_regex::{RegexMatcher, RegexMatcherBuilder};
 use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkContext, SinkMatch};
-use ignore::{overrides::OverrideBuilder, types::TypesBuilder};
+use ignore::{WalkBuilder, WalkState, overrides::OverrideBuilder, types::TypesBuilder};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
     Outcome, ToolError, ToolResult,
-    glob::{search_base, standard_walker},
+    glob::{is_large_tree, search_base, standard_walker},
     input::{Field, Kind, decode, opt, req},
     text::{CappedText, MAX_LINE_CHARS, cut_line, edit_distance, strip_eol},
 };
@@ -146,6 +155,12 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
         errors: 0,
     };
 
+    if mode == Mode::FilesWithMatches && is_large_tree(&base) {
+        let (files, errors) = files_with_matches(&walker, &matcher, &searcher);
+        out.files = files;
+        out.errors = errors;
+        return Ok(out.finish());
+    }
     for entry in walker.build() {
         let Ok(entry) = entry else {
             out.errors += 1;
@@ -197,6 +212,55 @@ pub(super) fn run(root: &Path, input: &Value) -> ToolResult {
     }
 
     Ok(out.finish())
+}
+
+/// The files holding a match, with their modification times, and how many
+/// paths could not be searched. The walk runs on several threads; the
+/// caller sorts the files, so the order they are found in does not matter.
+fn files_with_matches(
+    walker: &WalkBuilder,
+    matcher: &RegexMatcher,
+    searcher: &Searcher,
+) -> (Vec<(SystemTime, String)>, usize) {
+    let found = Mutex::new(Vec::new());
+    let errors = AtomicUsize::new(0);
+    walker.build_parallel().run(|| {
+        let matcher = matcher.clone();
+        let mut searcher = searcher.clone();
+        let (found, errors) = (&found, &errors);
+        Box::new(move |entry| {
+            let Ok(entry) = entry else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return WalkState::Continue;
+            };
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                return WalkState::Continue;
+            }
+            let mut sink = FoundSink { found: false };
+            if searcher
+                .search_path(&matcher, entry.path(), &mut sink)
+                .is_err()
+            {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if sink.found {
+                let mtime = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                found
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((mtime, entry.path().display().to_string()));
+            }
+            WalkState::Continue
+        })
+    });
+    (
+        found.into_inner().unwrap_or_else(PoisonError::into_inner),
+        errors.into_inner(),
+    )
 }
 
 fn build_matcher(

@@ -246,9 +246,21 @@ impl Profile {
         }
     }
 
-    /// Runs `true` under the full profile, turning bwrap's complaint into
-    /// advice when it fails.
-    async fn probe(&self) -> Result<(), SandboxError> {
+    /// This profile with `executor` as the binary run inside the sandbox
+    /// instead of the running one; for a benchmark or test harness whose
+    /// own binary is not agentkimi.
+    pub fn with_executor(self, executor: PathBuf) -> Profile {
+        Profile { executor, ..self }
+    }
+
+    /// Runs `true` under the full profile (seccomp filter included),
+    /// turning bwrap's complaint into advice when it fails. This is the
+    /// floor a sandboxed tool call cannot beat.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Unavailable`] when the sandbox cannot start.
+    pub async fn probe(&self) -> Result<(), SandboxError> {
         let dir = std::env::temp_dir();
         let cgroup = self.cgroup();
         let (mut cmd, _fds) =

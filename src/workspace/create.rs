@@ -225,13 +225,19 @@ pub fn create_linked(
         });
     }
 
+    // libgit2 makes `worktrees/` in the git dir with an exclusive mkdir
+    // after checking it is missing, so the first worktrees of a repository
+    // created at the same moment would race on it: make it first.
+    let admin_parent = repo.commondir().join("worktrees");
+    fs::create_dir_all(&admin_parent).map_err(io_err("create", &admin_parent))?;
+
     let mut branch = repo
         .branch(&branch_name, &base, false)
         .map_err(git_err(format!("create branch {branch_name}")))?;
     let added = {
         let mut opts = WorktreeAddOptions::new();
         opts.reference(Some(branch.get()));
-        repo.worktree(id, &worktree, Some(&opts))
+        add_worktree(&repo, id, &worktree, &opts)
     };
     if let Err(source) = added {
         undo_linked(&repo, id, &worktree, &admin);
@@ -395,6 +401,35 @@ fn refuse_existing(path: &Path) -> Result<(), WorkspaceError> {
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// How often a worktree add refused as "already checked out" is retried,
+/// and how long to wait between tries.
+const ADD_RETRIES: u32 = 100;
+const ADD_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Adds the linked worktree, retrying libgit2's spurious "already checked
+/// out". The branch is brand new, so nothing has it checked out; but
+/// libgit2's check opens every linked worktree of the repository and counts
+/// one it cannot open yet (another session's, being created this moment)
+/// as a match. The check runs before the add creates anything, so trying
+/// again is safe, and the other worktree is complete within milliseconds.
+fn add_worktree(
+    repo: &Repository,
+    id: &str,
+    worktree: &Path,
+    opts: &WorktreeAddOptions<'_>,
+) -> Result<git2::Worktree, git2::Error> {
+    let mut tries = 0;
+    loop {
+        match repo.worktree(id, worktree, Some(opts)) {
+            Err(e) if e.message().contains("already checked out") && tries < ADD_RETRIES => {
+                tries += 1;
+                std::thread::sleep(ADD_RETRY_WAIT);
+            }
+            other => return other,
+        }
     }
 }
 

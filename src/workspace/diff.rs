@@ -1,10 +1,11 @@
 //! The session diff: base commit → working tree, as git-style patch text and
 //! a per-file summary.
 //!
-//! The diff compares the base commit's tree with the files on disk, ignoring
-//! the index, so it shows everything the session changed whether or not a
-//! turn has been committed yet. Untracked files are included with their
-//! content; `.gitignore` is respected as git does. Files above
+//! The diff compares the base commit's tree with the files on disk, so it
+//! shows everything the session changed whether or not a turn has been
+//! committed yet; the index serves as a cache of file stats. Untracked
+//! files are included with their content; `.gitignore` is respected as git
+//! does. Files above
 //! [`MAX_FILE_SIZE`] count as binary so that libgit2 never loads them whole.
 
 use git2::{Delta, DiffFindOptions, DiffOptions, FileMode, Oid, Patch};
@@ -121,8 +122,15 @@ pub(super) fn diff_limited(ws: &Workspace, text_limit: usize) -> Result<Diff, Wo
         // points to, which the model controls.
         .ignore_submodules(true)
         .max_size(MAX_FILE_SIZE);
+    // Through the index, for its stat cache: without it every tracked file
+    // is read and hashed, which on a large repository costs seconds for a
+    // one-line change. The index is the host's (the sandbox never sees the
+    // git dir), `commit_turn` keeps it equal to the last commit, and libgit2
+    // still hashes any file whose size, mtime or ctime moved, so the result
+    // is the same base → working tree diff, and the same files the commit
+    // takes.
     let changes = repo
-        .diff_tree_to_workdir(Some(&base), Some(&mut opts))
+        .diff_tree_to_workdir_with_index(Some(&base), Some(&mut opts))
         .map_err(git_err("diff the worktree against the base commit"))?;
     collect(changes, text_limit)
 }
@@ -175,6 +183,18 @@ fn collect(mut changes: git2::Diff<'_>, text_limit: usize) -> Result<Diff, Works
         };
         let Some(status) = change_kind(delta.status()) else {
             continue;
+        };
+        // Diffing through the index blends base → index with index → working
+        // tree, and libgit2 reports a kind change in the second half as a
+        // plain modification: tell it from the two sides' modes instead.
+        let is_link = |mode: FileMode| mode == FileMode::Link;
+        let status = match status {
+            ChangeKind::Modified
+                if is_link(delta.old_file().mode()) != is_link(delta.new_file().mode()) =>
+            {
+                ChangeKind::TypeChange
+            }
+            other => other,
         };
         // An untracked directory shows up as one entry when it holds its own
         // repository; it has no content to show and libgit2 cannot load it.

@@ -262,6 +262,28 @@ fn linked_worktree_full_flow() {
 }
 
 #[test]
+fn linked_worktrees_created_at_once_all_succeed() {
+    // Sessions started together on one repository create their worktrees
+    // at the same moment; each must get its own.
+    let fx = Fixture::new();
+    for round in 0..4 {
+        let made: Vec<Result<Workspace, WorkspaceError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (dir, repo) = (fx.worktrees(), fx.repo.clone());
+                    scope.spawn(move || create_linked(&dir, &format!("p{round}x{i}"), &repo, false))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ws in made {
+            let ws = ws.unwrap();
+            assert!(ws.worktree.join("README.md").is_file());
+        }
+    }
+}
+
+#[test]
 fn linked_worktree_from_subdirectory_covers_whole_repo() {
     let fx = Fixture::new();
     let ws = create_linked(&fx.worktrees(), "sub", &fx.repo.join("src"), false).unwrap();
