@@ -177,11 +177,15 @@ enum Stop {
 pub fn system_prompt(worktree: &Path, start_dir: &Path, network: Network) -> String {
     let net = match network {
         Network::Off => {
-            "There is no network access: package downloads and web requests fail, so work with what is installed and what is in the working tree."
+            "There is no network access: package downloads and web requests fail, so work with \
+             what is installed and what is in the working tree."
         }
         Network::On => "The network is available.",
         Network::Allowlist => {
-            "The network is reachable only through an HTTP proxy that lets through a list of allowed host names (package registries by default); the proxy settings are already in the environment, so cargo, pip, npm and curl use them. DNS does not work directly and other hosts are refused."
+            "The network is reachable only through an HTTP proxy that lets through a list of \
+             allowed host names (package registries by default); the proxy settings are already \
+             in the environment, so cargo, pip, npm and curl use them. DNS does not work \
+             directly and other hosts are refused."
         }
     };
     format!(
@@ -300,7 +304,9 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
         };
         let model_started = Instant::now();
         let step = tokio::select! {
-            r = ctx.provider.step(&req, &ctx.cancel, |_, msg| (ctx.on_event)(TurnEvent::Retry(msg.to_string()))) => Ok(r),
+            r = ctx.provider.step(&req, &ctx.cancel, |_, msg| {
+                (ctx.on_event)(TurnEvent::Retry(msg.to_string()))
+            }) => Ok(r),
             _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
         };
         let reply = match step {
@@ -385,107 +391,123 @@ pub async fn run_turn(ctx: &TurnContext<'_>, system: &str, user_text: &str) -> T
                 .find(|(i, _)| *i == id)
                 .map(|(_, why)| why.as_str());
             let started = Instant::now();
-            let (record, text, is_error) = match refusal(
-                ctx,
-                &ledger,
-                &known_tools,
-                &name,
-                &input,
-                invalid,
-            ) {
-                Some((short, message)) => (
-                    record_of(&name, &input, false, Some(short), None, started),
-                    message,
-                    true,
-                ),
-                None if name == "TodoWrite" => match todo_write(ctx, &input) {
-                    Ok(list) => {
-                        let text = todos::result_text(&list);
-                        (ctx.on_event)(TurnEvent::Todos(list.clone()));
-                        out.todos = list;
-                        (
-                            record_of(&name, &input, true, None, None, started),
-                            text,
-                            false,
-                        )
-                    }
-                    Err(why) => (
-                        record_of(&name, &input, false, Some(why.clone()), None, started),
-                        why,
+            let (record, text, is_error) =
+                match refusal(ctx, &ledger, &known_tools, &name, &input, invalid) {
+                    Some((short, message)) => (
+                        record_of(&name, &input, false, Some(short), None, started),
+                        message,
                         true,
                     ),
-                },
-                None => {
-                    let call = execute(ctx, &mut sandbox, &name, &input);
-                    let outcome = tokio::select! {
-                        r = call => Ok(r),
-                        _ = ctx.cancel.cancelled() => Err(Stop::Cancelled),
-                        _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
-                    };
-                    match outcome {
-                        Ok(Ok(resp)) => {
-                            if resp.ok
-                                && let Err(e) = ledger.record(
-                                    ctx.store,
-                                    ctx.session_id,
+                    None if name == "TodoWrite" => match todo_write(ctx, &input) {
+                        Ok(list) => {
+                            let text = todos::result_text(&list);
+                            (ctx.on_event)(TurnEvent::Todos(list.clone()));
+                            out.todos = list;
+                            (
+                                record_of(&name, &input, true, None, None, started),
+                                text,
+                                false,
+                            )
+                        }
+                        Err(why) => (
+                            record_of(&name, &input, false, Some(why.clone()), None, started),
+                            why,
+                            true,
+                        ),
+                    },
+                    None => {
+                        let call = execute(ctx, &mut sandbox, &name, &input);
+                        let outcome = tokio::select! {
+                            r = call => Ok(r),
+                            _ = ctx.cancel.cancelled() => Err(Stop::Cancelled),
+                            _ = tokio::time::sleep_until(deadline) => Err(Stop::Timeout),
+                        };
+                        match outcome {
+                            Ok(Ok(resp)) => {
+                                if resp.ok
+                                    && let Err(e) = ledger.record(
+                                        ctx.store,
+                                        ctx.session_id,
+                                        &name,
+                                        &input,
+                                        ctx.worktree,
+                                    )
+                                {
+                                    tracing::warn!("cannot record a file the model read: {e:#}");
+                                }
+                                if name == "Bash" {
+                                    out.commands.push(command_record(&input, &resp));
+                                }
+                                let err = (!resp.ok).then(|| first_line(&resp.output));
+                                let rec = record_of(
                                     &name,
                                     &input,
-                                    ctx.worktree,
+                                    resp.ok,
+                                    err,
+                                    resp.meta.exit_code,
+                                    started,
+                                );
+                                (rec, resp.output, !resp.ok)
+                            }
+                            Ok(Err(e)) => {
+                                sandbox = None;
+                                let msg = e.to_string();
+                                if matches!(e, crate::sandbox::SandboxError::DiskLimit { .. }) {
+                                    disk_full = Some(msg.clone());
+                                }
+                                (
+                                    record_of(
+                                        &name,
+                                        &input,
+                                        false,
+                                        Some(msg.clone()),
+                                        None,
+                                        started,
+                                    ),
+                                    msg,
+                                    true,
                                 )
-                            {
-                                tracing::warn!("cannot record a file the model read: {e:#}");
                             }
-                            if name == "Bash" {
-                                out.commands.push(command_record(&input, &resp));
-                            }
-                            let err = (!resp.ok).then(|| first_line(&resp.output));
-                            let rec = record_of(
-                                &name,
-                                &input,
-                                resp.ok,
-                                err,
-                                resp.meta.exit_code,
-                                started,
-                            );
-                            (rec, resp.output, !resp.ok)
-                        }
-                        Ok(Err(e)) => {
-                            sandbox = None;
-                            let msg = e.to_string();
-                            if matches!(e, crate::sandbox::SandboxError::DiskLimit { .. }) {
-                                disk_full = Some(msg.clone());
-                            }
-                            (
-                                record_of(&name, &input, false, Some(msg.clone()), None, started),
-                                msg,
-                                true,
-                            )
-                        }
-                        Err(s) => {
-                            // The call was abandoned mid-flight: end the
-                            // sandbox so nothing it started keeps running.
-                            if let Some(mut sb) = sandbox.take() {
-                                sb.kill().await;
-                            }
-                            let msg = match s {
-                                Stop::Cancelled => {
-                                    "the turn was cancelled while this tool call ran; it was stopped"
+                            Err(s) => {
+                                // The call was abandoned mid-flight: end the
+                                // sandbox so nothing it started keeps running.
+                                if let Some(mut sb) = sandbox.take() {
+                                    sb.kill().await;
                                 }
-                                Stop::Timeout => {
-                                    "the turn's time ran out while this tool call ran; it was stopped"
-                                }
-                            };
-                            stop = Some(s);
-                            (
-                                record_of(&name, &input, false, Some(msg.into()), None, started),
-                                msg.to_string(),
-                                true,
-                            )
+                                let msg = match s {
+                                    Stop::Cancelled => {
+                                        "the turn was cancelled while this tool call \
+                                                    ran; it was stopped"
+                                    }
+                                    Stop::Timeout => {
+                                        "the turn's time ran out while this tool call \
+                                                  ran; it was stopped"
+                                    }
+                                };
+                                stop = Some(s);
+                                (
+                                    record_of(
+                                        &name,
+                                        &input,
+                                        false,
+                                        Some(msg.into()),
+                                        None,
+                                        started,
+                                    ),
+                                    msg.to_string(),
+                                    true,
+                                )
+                            }
                         }
                     }
-                }
-            };
-            tracing::debug!(tool = %record.name, target = %record.target, ok = record.ok, ms = record.duration_ms, "tool call");
+                };
+            tracing::debug!(
+                tool = %record.name,
+                target = %record.target,
+                ok = record.ok,
+                ms = record.duration_ms,
+                "tool call"
+            );
             (ctx.on_event)(TurnEvent::ToolCall(record.clone()));
             out.tool_calls.push(record);
             results.push(tool_result(&id, &text, is_error));
@@ -709,6 +731,10 @@ fn persist(ctx: &TurnContext<'_>, m: &Message) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The result given to a tool call whose turn died with the server.
+const INTERRUPTED_CALL: &str =
+    "the server stopped before this tool call finished; check the file state before retrying";
+
 /// Loads the transcript and repairs what a crash can leave behind: an
 /// assistant message whose tool calls never got results. Providers refuse a
 /// transcript like that, so the missing results are added (and saved) as
@@ -733,7 +759,7 @@ fn load_transcript(ctx: &TurnContext<'_>) -> anyhow::Result<Vec<Message>> {
             .iter()
             .filter(|b| b["type"] == "tool_use")
             .filter_map(|b| b["id"].as_str())
-            .map(|id| tool_result(id, "the server stopped before this tool call finished; check the file state before retrying", true))
+            .map(|id| tool_result(id, INTERRUPTED_CALL, true))
             .collect();
         if !pending.is_empty() {
             let repair = Message {

@@ -96,13 +96,43 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "prompt": {"type": "string", "description": "The task for Kimi, with the context it needs."},
-                "workdir": {"type": "string", "description": "Absolute path of a directory inside a git repository to work on. Omit for a scratch repository."},
-                "wait": {"type": "boolean", "default": true, "description": "Wait for the turn to end (default). false: return at once with the session id and status while Kimi works on; collect the result with agentkimi_wait."},
-                "model": {"type": "string", "description": "Model for this session instead of the server's."},
-                "timeout_s": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Wall-clock limit of each turn of this session, in seconds."},
-                "max_steps": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Model calls allowed per turn of this session."},
-                "instructions": {"type": "string", "description": "Extra instructions appended to Kimi's system prompt for this session."},
+                "prompt": {
+                    "type": "string",
+                    "description": "The task for Kimi, with the context it needs."
+                },
+                "workdir": {
+                    "type": "string",
+                    "description": "Absolute path of a directory inside a git repository to \
+                        work on. Omit for a scratch repository."
+                },
+                "wait": {
+                    "type": "boolean",
+                    "default": true,
+                    "description": "Wait for the turn to end (default). false: return at once \
+                        with the session id and status while Kimi works on; collect the result \
+                        with agentkimi_wait."
+                },
+                "model": {
+                    "type": "string",
+                    "description": "Model for this session instead of the server's."
+                },
+                "timeout_s": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 86400,
+                    "description": "Wall-clock limit of each turn of this session, in seconds."
+                },
+                "max_steps": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "description": "Model calls allowed per turn of this session."
+                },
+                "instructions": {
+                    "type": "string",
+                    "description": "Extra instructions appended to Kimi's system prompt for \
+                        this session."
+                },
                 "network": {"type": "string", "enum": ["off", "on"], "description": "Sandbox network for this session. May only be stricter than the server's setting: \"off\" always works, \"on\" only when the server allows it."}
             },
             "required": ["prompt"]
@@ -117,9 +147,17 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
+                "session_id": {
+                    "type": "string",
+                    "description": "The session id returned by agentkimi_start."
+                },
                 "message": {"type": "string", "description": "The message for Kimi."},
-                "wait": {"type": "boolean", "default": true, "description": "Wait for the turn to end (default). false: return at once while Kimi works on; collect the result with agentkimi_wait."}
+                "wait": {
+                    "type": "boolean",
+                    "default": true,
+                    "description": "Wait for the turn to end (default). false: return at once \
+                        while Kimi works on; collect the result with agentkimi_wait."
+                }
             },
             "required": ["session_id", "message"]
         })),
@@ -132,7 +170,10 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."}
+                "session_id": {
+                    "type": "string",
+                    "description": "The session id returned by agentkimi_start."
+                }
             },
             "required": ["session_id"]
         })),
@@ -142,7 +183,10 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."}
+                "session_id": {
+                    "type": "string",
+                    "description": "The session id returned by agentkimi_start."
+                }
             },
             "required": ["session_id"]
         }))
@@ -164,7 +208,10 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
+                "session_id": {
+                    "type": "string",
+                    "description": "The session id returned by agentkimi_start."
+                },
                 "timeout_s": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_S, "default": DEFAULT_WAIT_S, "description": "Longest wait in seconds."}
             },
             "required": ["session_id"]
@@ -186,9 +233,21 @@ pub fn tool_list() -> Vec<Tool> {
         object(json!({
             "type": "object",
             "properties": {
-                "session_id": {"type": "string", "description": "The session id returned by agentkimi_start."},
-                "path": {"type": "string", "description": "Only this file (path relative to the repository root)."},
-                "offset": {"type": "integer", "minimum": 0, "default": 0, "description": "Byte offset of the page: 0, or next_offset from the previous page."}
+                "session_id": {
+                    "type": "string",
+                    "description": "The session id returned by agentkimi_start."
+                },
+                "path": {
+                    "type": "string",
+                    "description": "Only this file (path relative to the repository root)."
+                },
+                "offset": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": 0,
+                    "description": "Byte offset of the page: 0, or next_offset from the \
+                        previous page."
+                }
             },
             "required": ["session_id"]
         })),

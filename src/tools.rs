@@ -36,13 +36,29 @@ pub fn specs(network: Network) -> Vec<Value> {
     let mut specs = vec![
         json!({
             "name": "Read",
-            "description": "Read a text file from the working tree. Returns lines numbered like `cat -n` (number, tab, text), 2000 lines from the start unless you pass `offset` (1-based first line) and `limit` (line count). Lines over 2000 characters are cut with a marker. Empty and binary files are reported as such. A directory is refused: use LS or Glob for those. Relative paths resolve against the working tree. Read a file before you Edit it or overwrite it.",
+            "description": "Read a text file from the working tree. Returns lines numbered like \
+                `cat -n` (number, tab, text), 2000 lines from the start unless you pass \
+                `offset` (1-based first line) and `limit` (line count). Lines over 2000 \
+                characters are cut with a marker. Empty and binary files are reported as such. \
+                A directory is refused: use LS or Glob for those. Relative paths resolve \
+                against the working tree. Read a file before you Edit it or overwrite it.",
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "file_path": {"type": "string", "description": "Path of the file, absolute or relative to the working tree."},
-                    "offset": {"type": "integer", "minimum": 1, "description": "First line to read, counting from 1."},
-                    "limit": {"type": "integer", "minimum": 1, "description": "Number of lines to read."}
+                    "file_path": {
+                        "type": "string",
+                        "description": "Path of the file, absolute or relative to the working tree."
+                    },
+                    "offset": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "First line to read, counting from 1."
+                    },
+                    "limit": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Number of lines to read."
+                    }
                 },
                 "required": ["file_path"],
                 "additionalProperties": false
@@ -50,12 +66,23 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Write",
-            "description": "Create or replace a file with `content`, creating parent directories as needed. The write is atomic and keeps an existing file's permissions. Replacing an existing file is refused unless you have Read it in this session and it has not changed since (a Bash command that rewrote it counts as a change); then Read it and try again. Prefer Edit for changing part of an existing file.",
+            "description": "Create or replace a file with `content`, creating parent \
+                directories as needed. The write is atomic and keeps an existing file's \
+                permissions. Replacing an existing file is refused unless you have Read it in \
+                this session and it has not changed since (a Bash command that rewrote it \
+                counts as a change); then Read it and try again. Prefer Edit for changing part \
+                of an existing file.",
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "file_path": {"type": "string", "description": "Path of the file, absolute or relative to the working tree."},
-                    "content": {"type": "string", "description": "The complete new content of the file."}
+                    "file_path": {
+                        "type": "string",
+                        "description": "Path of the file, absolute or relative to the working tree."
+                    },
+                    "content": {
+                        "type": "string",
+                        "description": "The complete new content of the file."
+                    }
                 },
                 "required": ["file_path", "content"],
                 "additionalProperties": false
@@ -63,14 +90,28 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Edit",
-            "description": "Replace text in a file. `old_string` must match the file exactly, whitespace and indentation included, and must occur exactly once unless `replace_all` is true; otherwise the edit is refused and the error shows the nearest candidates or the line numbers of each occurrence. Add surrounding lines to `old_string` to make it unique. Line endings and the file's final newline are preserved. You must have Read the file in this session, and Read it again if it changed since, or the edit is refused. The result shows the edited region with line numbers.",
+            "description": "Replace text in a file. `old_string` must match the file exactly, \
+                whitespace and indentation included, and must occur exactly once unless \
+                `replace_all` is true; otherwise the edit is refused and the error shows the \
+                nearest candidates or the line numbers of each occurrence. Add surrounding \
+                lines to `old_string` to make it unique. Line endings and the file's final \
+                newline are preserved. You must have Read the file in this session, and Read it \
+                again if it changed since, or the edit is refused. The result shows the edited \
+                region with line numbers.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "file_path": {"type": "string", "description": "Path of the file to edit."},
                     "old_string": {"type": "string", "description": "Exact text to replace."},
-                    "new_string": {"type": "string", "description": "Replacement text; must differ from old_string."},
-                    "replace_all": {"type": "boolean", "default": false, "description": "Replace every occurrence instead of exactly one."}
+                    "new_string": {
+                        "type": "string",
+                        "description": "Replacement text; must differ from old_string."
+                    },
+                    "replace_all": {
+                        "type": "boolean",
+                        "default": false,
+                        "description": "Replace every occurrence instead of exactly one."
+                    }
                 },
                 "required": ["file_path", "old_string", "new_string"],
                 "additionalProperties": false
@@ -78,7 +119,10 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "MultiEdit",
-            "description": "Apply several Edit operations to one file, in order, each on the result of the previous one. Either all of them apply or none does: if any edit fails, the file is left untouched and the error names the failing edit. The same Read rule as Edit applies.",
+            "description": "Apply several Edit operations to one file, in order, each on the \
+                result of the previous one. Either all of them apply or none does: if any edit \
+                fails, the file is left untouched and the error names the failing edit. The \
+                same Read rule as Edit applies.",
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -104,12 +148,21 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Glob",
-            "description": "Find files by glob pattern (for example `**/*.rs` or `src/**/test_*.py`), matched against paths relative to `path` (default: the working tree). `*` does not cross `/`, so `*.rs` finds files directly in `path` only; use `**/*.rs` for any depth. Files ignored by .gitignore and hidden files (names starting with a dot) are skipped, whatever the pattern. Results are absolute paths, most recently modified first, at most 100 with a note when more matched.",
+            "description": "Find files by glob pattern (for example `**/*.rs` or \
+                `src/**/test_*.py`), matched against paths relative to `path` (default: the \
+                working tree). `*` does not cross `/`, so `*.rs` finds files directly in `path` \
+                only; use `**/*.rs` for any depth. Files ignored by .gitignore and hidden files \
+                (names starting with a dot) are skipped, whatever the pattern. Results are \
+                absolute paths, most recently modified first, at most 100 with a note when more \
+                matched.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "pattern": {"type": "string", "description": "Glob pattern."},
-                    "path": {"type": "string", "description": "Directory to search; defaults to the working tree."}
+                    "path": {
+                        "type": "string",
+                        "description": "Directory to search; defaults to the working tree."
+                    }
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
@@ -117,22 +170,61 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Grep",
-            "description": "Search file contents with a regular expression (Rust regex syntax, as ripgrep). Respects .gitignore. Hidden and binary files are skipped. `output_mode`: `files_with_matches` (default; matching file paths, newest first), `content` (matching lines as `path:text`, or `path:line:text` with `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Paths in the output are absolute. Output over 30,000 characters is cut with a note. Filter files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the first N results.",
+            "description": "Search file contents with a regular expression (Rust regex syntax, \
+                as ripgrep). Respects .gitignore. Hidden and binary files are skipped. \
+                `output_mode`: `files_with_matches` (default; matching file paths, newest \
+                first), `content` (matching lines as `path:text`, or `path:line:text` with \
+                `-n`, with context via `-A`/`-B`/`-C`), or `count` (`path:count`). Paths in the \
+                output are absolute. Output over 30,000 characters is cut with a note. Filter \
+                files with `glob` (e.g. `*.ts`) or `type` (e.g. `rust`, `py`). `-i` ignores \
+                case; `multiline` lets `.` and patterns span lines. `head_limit` keeps only the \
+                first N results.",
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "pattern": {"type": "string", "description": "Regular expression to search for."},
-                    "path": {"type": "string", "description": "File or directory to search; defaults to the working tree."},
-                    "glob": {"type": "string", "description": "Only search files matching this glob."},
-                    "type": {"type": "string", "description": "Only search files of this type (ripgrep type names)."},
-                    "output_mode": {"type": "string", "enum": ["content", "files_with_matches", "count"]},
+                    "pattern": {
+                        "type": "string",
+                        "description": "Regular expression to search for."
+                    },
+                    "path": {
+                        "type": "string",
+                        "description": "File or directory to search; defaults to the working tree."
+                    },
+                    "glob": {
+                        "type": "string",
+                        "description": "Only search files matching this glob."
+                    },
+                    "type": {
+                        "type": "string",
+                        "description": "Only search files of this type (ripgrep type names)."
+                    },
+                    "output_mode": {
+                        "type": "string",
+                        "enum": ["content", "files_with_matches", "count"]
+                    },
                     "-i": {"type": "boolean", "description": "Case-insensitive search."},
                     "-n": {"type": "boolean", "description": "Show line numbers (content mode)."},
-                    "-A": {"type": "integer", "minimum": 0, "description": "Lines of context after each match."},
-                    "-B": {"type": "integer", "minimum": 0, "description": "Lines of context before each match."},
-                    "-C": {"type": "integer", "minimum": 0, "description": "Lines of context around each match."},
+                    "-A": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Lines of context after each match."
+                    },
+                    "-B": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Lines of context before each match."
+                    },
+                    "-C": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Lines of context around each match."
+                    },
                     "multiline": {"type": "boolean", "description": "Allow matches across lines."},
-                    "head_limit": {"type": "integer", "minimum": 1, "description": "Keep only the first N results."}
+                    "head_limit": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Keep only the first N results."
+                    }
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
@@ -140,12 +232,19 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "LS",
-            "description": "List a directory: entries sorted by name, directories marked with a trailing `/`, hidden and git-ignored entries included, at most 1000. `ignore` takes glob patterns of names to leave out. Use Glob to find files in subdirectories.",
+            "description": "List a directory: entries sorted by name, directories marked with a \
+                trailing `/`, hidden and git-ignored entries included, at most 1000. `ignore` \
+                takes glob patterns of names to leave out. Use Glob to find files in \
+                subdirectories.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "path": {"type": "string", "description": "Directory to list."},
-                    "ignore": {"type": "array", "items": {"type": "string"}, "description": "Glob patterns to leave out."}
+                    "ignore": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Glob patterns to leave out."
+                    }
                 },
                 "required": ["path"],
                 "additionalProperties": false
@@ -153,14 +252,34 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "Bash",
-            "description": "Run a command with bash in the sandbox. The working directory carries over between calls (a `cd` sticks); environment variables and shell state do not. stdin is empty; stdout and stderr are returned together, followed by the exit code and duration. Output over about 30,000 characters is cut in the middle with a marker saying how much. `timeout` is in milliseconds: 120000 by default, 600000 at most; at the timeout the command and everything it started is killed. Processes left running when the command exits are stopped. git does not work in the sandbox; the host records your changes.",
+            "description": "Run a command with bash in the sandbox. The working directory \
+                carries over between calls (a `cd` sticks); environment variables and shell \
+                state do not. stdin is empty; stdout and stderr are returned together, followed \
+                by the exit code and duration. Output over about 30,000 characters is cut in \
+                the middle with a marker saying how much. `timeout` is in milliseconds: 120000 \
+                by default, 600000 at most; at the timeout the command and everything it \
+                started is killed. Processes left running when the command exits are stopped. \
+                git does not work in the sandbox; the host records your changes.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "command": {"type": "string", "description": "The command line to run."},
-                    "timeout": {"type": "integer", "minimum": 1, "maximum": 600000, "description": "Timeout in milliseconds."},
-                    "description": {"type": "string", "description": "Five to ten words on what the command does."},
-                    "run_in_background": {"type": "boolean", "description": "Start the command in the background and return its shell id at once; read its output with BashOutput, stop it with KillShell. Background commands end with the turn."}
+                    "timeout": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 600000,
+                        "description": "Timeout in milliseconds."
+                    },
+                    "description": {
+                        "type": "string",
+                        "description": "Five to ten words on what the command does."
+                    },
+                    "run_in_background": {
+                        "type": "boolean",
+                        "description": "Start the command in the background and return its \
+                            shell id at once; read its output with BashOutput, stop it with \
+                            KillShell. Background commands end with the turn."
+                    }
                 },
                 "required": ["command"],
                 "additionalProperties": false
@@ -168,12 +287,18 @@ pub fn specs(network: Network) -> Vec<Value> {
         }),
         json!({
             "name": "BashOutput",
-            "description": "Return the output a background shell (started by Bash with run_in_background) produced since the last BashOutput call for it, and whether it is still running or its exit code. `filter` keeps only lines matching a regular expression; lines filtered out are not returned again.",
+            "description": "Return the output a background shell (started by Bash with \
+                run_in_background) produced since the last BashOutput call for it, and whether \
+                it is still running or its exit code. `filter` keeps only lines matching a \
+                regular expression; lines filtered out are not returned again.",
             "input_schema": {
                 "type": "object",
                 "properties": {
                     "bash_id": {"type": "string", "description": "The shell id Bash returned."},
-                    "filter": {"type": "string", "description": "Regular expression; only matching lines are returned."}
+                    "filter": {
+                        "type": "string",
+                        "description": "Regular expression; only matching lines are returned."
+                    }
                 },
                 "required": ["bash_id"],
                 "additionalProperties": false
@@ -203,7 +328,10 @@ pub fn specs(network: Network) -> Vec<Value> {
                             "type": "object",
                             "properties": {
                                 "content": {"type": "string", "minLength": 1},
-                                "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]},
+                                "status": {
+                                    "type": "string",
+                                    "enum": ["pending", "in_progress", "completed"]
+                                },
                                 "activeForm": {"type": "string", "minLength": 1},
                                 "id": {"type": "string"}
                             },
@@ -220,12 +348,28 @@ pub fn specs(network: Network) -> Vec<Value> {
     if network != Network::Off {
         specs.push(json!({
             "name": "WebFetch",
-            "description": "Fetch a web page from inside the sandbox and return its readable text: HTML is turned into Markdown-like text (headings, lists, links as [text](url)); plain text and JSON come back as they are. `http://` URLs are upgraded to `https://` except for localhost and loopback addresses. Redirects to the same host are followed; a redirect to another host is reported with its target so you can fetch that URL yourself. The text is cut at 100,000 characters with a marker; the request times out after 30 seconds. `prompt` says what you are looking for: it is echoed above the page text so you can answer it from the page (no second model reads the page for you). Only for public documentation and similar pages; the page cannot see your files.",
+            "description": "Fetch a web page from inside the sandbox and return its readable \
+                text: HTML is turned into Markdown-like text (headings, lists, links as \
+                [text](url)); plain text and JSON come back as they are. `http://` URLs are \
+                upgraded to `https://` except for localhost and loopback addresses. Redirects \
+                to the same host are followed; a redirect to another host is reported with its \
+                target so you can fetch that URL yourself. The text is cut at 100,000 \
+                characters with a marker; the request times out after 30 seconds. `prompt` says \
+                what you are looking for: it is echoed above the page text so you can answer it \
+                from the page (no second model reads the page for you). Only for public \
+                documentation and similar pages; the page cannot see your files.",
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "url": {"type": "string", "format": "uri", "description": "Full URL of the page."},
-                    "prompt": {"type": "string", "description": "What you want to learn from the page."}
+                    "url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "Full URL of the page."
+                    },
+                    "prompt": {
+                        "type": "string",
+                        "description": "What you want to learn from the page."
+                    }
                 },
                 "required": ["url", "prompt"],
                 "additionalProperties": false

@@ -483,7 +483,7 @@ mod tests {
             (".gitignore", "ignored/\n*.log\n"),
             (
                 "src/main.rs",
-                "use std::io;\n\nfn main() {\n    // TODO: foo\n    println!(\"foo\");\n}\n\nfn helper() {}\n",
+                "use std::io;\n\nfn main() {\n    // NOTE: foo\n    println!(\"foo\");\n}\n\nfn helper() {}\n",
             ),
             (
                 "src/lib.rs",
