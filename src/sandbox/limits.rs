@@ -77,6 +77,7 @@ impl ProcessLimit {
                         v2,
                     },
                     16,
+                    None,
                 )?;
                 drop(probe);
                 Ok(())
@@ -131,13 +132,22 @@ fn remove_stale(parent: &Path) {
 
 static NEXT_CGROUP: AtomicU64 = AtomicU64::new(1);
 
-/// The cgroup of one sandbox. Dropping it kills whatever is still inside
-/// and removes it.
+/// Empty per-sandbox cgroups kept for reuse. The first process to join a
+/// fresh cgroup pays for setting it up in the kernel (about 10 ms on cgroup
+/// v1 here, the largest single cost of starting a sandbox); a cgroup that
+/// has held processes before is joined in well under a millisecond. Pooled
+/// cgroups are named after this server's pid, so a later server removes
+/// them with the other stale ones if this one dies.
+pub type CgroupPool = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
+
+/// The cgroup of one sandbox. Dropping it kills whatever is still inside,
+/// then hands it back to the pool it came from (or removes it).
 #[derive(Debug)]
 pub struct SandboxCgroup {
     dir: PathBuf,
     v2: bool,
     procs: CString,
+    pool: Option<CgroupPool>,
 }
 
 impl SandboxCgroup {
@@ -146,18 +156,30 @@ impl SandboxCgroup {
     /// # Errors
     ///
     /// When `limit` is not a cgroup, or the cgroup cannot be made.
-    pub fn create(limit: &ProcessLimit, max: u64) -> std::io::Result<SandboxCgroup> {
+    pub fn create(
+        limit: &ProcessLimit,
+        max: u64,
+        pool: Option<&CgroupPool>,
+    ) -> std::io::Result<SandboxCgroup> {
         let ProcessLimit::Cgroup { parent, v2 } = limit else {
             return Err(std::io::Error::other("no cgroup hierarchy is in use"));
         };
-        let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("sb-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir)?;
+        let reused = pool.and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).pop());
+        let dir = match reused {
+            Some(dir) => dir,
+            None => {
+                let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
+                let dir = parent.join(format!("sb-{}-{n}", std::process::id()));
+                std::fs::create_dir(&dir)?;
+                dir
+            }
+        };
         let cg = SandboxCgroup {
             procs: CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
                 .map_err(std::io::Error::other)?,
             dir,
             v2: *v2,
+            pool: pool.cloned(),
         };
         std::fs::write(cg.dir.join("pids.max"), max.to_string())?;
         Ok(cg)
@@ -185,7 +207,10 @@ impl SandboxCgroup {
             self.wait_empty();
             return;
         }
-        for _ in 0..50 {
+        // Processes die within a millisecond or two of SIGKILL; poll at
+        // that pace (for at most half a second) so ending a turn does not
+        // wait on a coarse sleep.
+        for _ in 0..500 {
             let pids = self.pids();
             if pids.is_empty() {
                 return;
@@ -196,7 +221,7 @@ impl SandboxCgroup {
                     libc::kill(pid, libc::SIGKILL);
                 }
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -209,11 +234,11 @@ impl SandboxCgroup {
     }
 
     fn wait_empty(&self) {
-        for _ in 0..50 {
+        for _ in 0..500 {
             if self.pids().is_empty() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -221,6 +246,14 @@ impl SandboxCgroup {
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         self.kill_all();
+        if let Some(pool) = &self.pool
+            && self.pids().is_empty()
+        {
+            pool.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.dir.clone());
+            return;
+        }
         for _ in 0..20 {
             if std::fs::remove_dir(&self.dir).is_ok() {
                 return;

@@ -125,6 +125,8 @@ pub struct Profile {
     seccomp: Vec<Vec<u8>>,
     limits: Limits,
     process_limit: ProcessLimit,
+    /// Emptied sandbox cgroups waiting to be reused.
+    cgroup_pool: limits::CgroupPool,
     /// Toolchain mounts, their masked secrets and the session caches.
     mounts: mounts::Mounts,
     /// The egress proxy, in allowlist mode.
@@ -171,6 +173,7 @@ impl Profile {
             seccomp,
             limits: config.limits,
             process_limit,
+            cgroup_pool: limits::CgroupPool::default(),
             mounts,
             proxy: start_proxy(config)?,
         };
@@ -237,7 +240,11 @@ impl Profile {
         if matches!(self.process_limit, ProcessLimit::Rlimit(_)) {
             return None;
         }
-        match SandboxCgroup::create(&self.process_limit, self.limits.max_procs) {
+        match SandboxCgroup::create(
+            &self.process_limit,
+            self.limits.max_procs,
+            Some(&self.cgroup_pool),
+        ) {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::warn!("cannot create a cgroup for the sandbox: {e}");
@@ -820,6 +827,7 @@ mod tests {
             seccomp: Vec::new(),
             limits: Limits::default(),
             process_limit: ProcessLimit::Rlimit("test".into()),
+            cgroup_pool: limits::CgroupPool::default(),
             mounts: mounts::Mounts::default(),
             proxy: None,
         }
