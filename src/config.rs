@@ -402,7 +402,8 @@ impl Config {
             None => match env("HOME") {
                 Some(h) => Path::new(&h).join(".agentkimi"),
                 None => bail!(
-                    "neither AGENTKIMI_HOME nor HOME is set; set AGENTKIMI_HOME to a state directory"
+                    "neither AGENTKIMI_HOME nor HOME is set; set AGENTKIMI_HOME to a state \
+                     directory"
                 ),
             },
         };
@@ -510,7 +511,8 @@ impl Config {
                 None => Ok(default),
                 Some(v) => v.parse::<u64>().map_err(|_| {
                     anyhow::anyhow!(
-                        "{} is not a whole number; give a number of {} or unset it to use {default}",
+                        "{} is not a whole number; give a number of {} or unset it to use \
+                         {default}",
                         label(name),
                         match name.rsplit('_').next() {
                             Some("MS") => "milliseconds",
@@ -666,7 +668,8 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 fn read_key_from_env_file(path: &Path) -> Result<Option<(&'static str, String)>> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
-            "cannot read AGENTKIMI_ENV_FILE {}; create it with a line KIMI_API_KEY=<key> or unset the variable",
+            "cannot read AGENTKIMI_ENV_FILE {}; create it with a line KIMI_API_KEY=<key> or \
+             unset the variable",
             path.display()
         )
     })?;

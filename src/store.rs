@@ -552,7 +552,8 @@ impl Store {
             |r| r.get(0),
         )?;
         conn.execute(
-            "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO messages (session_id, seq, turn, role, content) VALUES (?1, ?2, ?3, ?4, \
+             ?5)",
             params![session_id, seq, turn, msg.role, msg.content.to_string()],
         )?;
         Ok(seq)

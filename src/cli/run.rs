@@ -132,7 +132,8 @@ fn render(r: &TurnResult, paint: Paint) -> String {
         _ => paint.wrap("33", r.status.as_str()),
     };
     s.push_str(&format!(
-        "{} · {status} · {} step(s) · {} tool call(s) · {:.1} s · {} in / {} out / {} cached tokens\n",
+        "{} · {status} · {} step(s) · {} tool call(s) · {:.1} s · {} in / {} out / {} cached \
+         tokens\n",
         paint.bold(&r.session_id),
         r.steps,
         r.tool_calls.len(),

@@ -245,7 +245,8 @@ async fn check_token(
             return (
                 StatusCode::UNAUTHORIZED,
                 [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or wrong bearer token: send `Authorization: Bearer <AGENTKIMI_HTTP_TOKEN>`\n",
+                "missing or wrong bearer token: send `Authorization: Bearer \
+                 <AGENTKIMI_HTTP_TOKEN>`\n",
             )
                 .into_response();
         }
