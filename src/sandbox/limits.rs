@@ -132,12 +132,14 @@ fn remove_stale(parent: &Path) {
 
 static NEXT_CGROUP: AtomicU64 = AtomicU64::new(1);
 
-/// Empty per-sandbox cgroups kept for reuse. The first process to join a
-/// fresh cgroup pays for setting it up in the kernel (about 10 ms on cgroup
-/// v1 here, the largest single cost of starting a sandbox); a cgroup that
-/// has held processes before is joined in well under a millisecond. Pooled
-/// cgroups are named after this server's pid, so a later server removes
-/// them with the other stale ones if this one dies.
+/// Empty per-sandbox cgroups kept for reuse, which saves creating and
+/// setting up a cgroup for every sandbox (about 1.5 ms here). Joining one
+/// still costs about 12 ms on cgroup v1 from this multi-threaded server,
+/// fresh or reused: the kernel's attach path waits for an RCU grace period.
+/// That wait is the largest single cost of starting a sandbox, and joining
+/// before exec is the only way to have every sandboxed process counted.
+/// Pooled cgroups are named after this server's pid, so a later server
+/// removes them with the other stale ones if this one dies.
 pub type CgroupPool = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 
 /// The cgroup of one sandbox. Dropping it kills whatever is still inside,
