@@ -300,17 +300,53 @@ mod tests {
             Message {
                 role: "assistant".into(),
                 content: vec![
-                    json!({"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "b.txt"}}),
-                    json!({"type": "tool_use", "id": "t2", "name": "Read", "input": {"file_path": "c.txt"}}),
-                    json!({"type": "tool_use", "id": "t3", "name": "Read", "input": {"file_path": "a.txt"}}),
+                    json!({
+                        "type": "tool_use",
+                        "id": "t1",
+                        "name": "Read",
+                        "input": {
+                            "file_path": "b.txt"
+                        }
+                    }),
+                    json!({
+                        "type": "tool_use",
+                        "id": "t2",
+                        "name": "Read",
+                        "input": {
+                            "file_path": "c.txt"
+                        }
+                    }),
+                    json!({
+                        "type": "tool_use",
+                        "id": "t3",
+                        "name": "Read",
+                        "input": {
+                            "file_path": "a.txt"
+                        }
+                    }),
                 ],
             },
             Message {
                 role: "user".into(),
                 content: vec![
-                    json!({"type": "tool_result", "tool_use_id": "t1", "content": "ok", "is_error": false}),
-                    json!({"type": "tool_result", "tool_use_id": "t2", "content": "no", "is_error": true}),
-                    json!({"type": "tool_result", "tool_use_id": "t3", "content": "ok", "is_error": false}),
+                    json!({
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": "ok",
+                        "is_error": false
+                    }),
+                    json!({
+                        "type": "tool_result",
+                        "tool_use_id": "t2",
+                        "content": "no",
+                        "is_error": true
+                    }),
+                    json!({
+                        "type": "tool_result",
+                        "tool_use_id": "t3",
+                        "content": "ok",
+                        "is_error": false
+                    }),
                 ],
             },
         ];

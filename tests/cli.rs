@@ -241,7 +241,13 @@ fn a_failed_turn_still_prints_its_result_and_exits_non_zero() {
     let mock = MockModel::start(|_| {
         Reply::error(
             401,
-            json!({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}),
+            json!({
+                "type": "error",
+                "error": {
+                    "type": "authentication_error",
+                    "message": "bad key"
+                }
+            }),
         )
     });
     let env = Env::new(&mock.base_url());

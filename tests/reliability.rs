@@ -399,11 +399,33 @@ fn broken_tool_json() -> String {
     let events = [
         (
             "message_start",
-            json!({"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":5,"output_tokens":1}}}),
+            json!({
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "m",
+                    "content": [],
+                    "usage": {
+                        "input_tokens": 5,
+                        "output_tokens": 1
+                    }
+                }
+            }),
         ),
         (
             "content_block_start",
-            json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_broken","name":"Write","input":{}}}),
+            json!({
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": "toolu_broken",
+                    "name": "Write",
+                    "input": {}
+                }
+            }),
         ),
         (
             "content_block_delta",
@@ -415,7 +437,15 @@ fn broken_tool_json() -> String {
         ),
         (
             "message_delta",
-            json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}),
+            json!({
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": "tool_use"
+                },
+                "usage": {
+                    "output_tokens": 9
+                }
+            }),
         ),
         ("message_stop", json!({"type":"message_stop"})),
     ];

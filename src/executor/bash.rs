@@ -914,7 +914,10 @@ mod tests {
         let (_dir, mut sh) = shell();
         let out = bash(
             &mut sh,
-            json!({"command": "echo one; echo two; sleep 0.3; echo three", "run_in_background": true}),
+            json!({
+                "command": "echo one; echo two; sleep 0.3; echo three",
+                "run_in_background": true
+            }),
         );
         assert!(
             out.output

@@ -651,7 +651,12 @@ mod tests {
 
         let out = grep(
             &root,
-            json!({"pattern": "fn", "output_mode": "content", "head_limit": 2, "path": "src/main.rs"}),
+            json!({
+                "pattern": "fn",
+                "output_mode": "content",
+                "head_limit": 2,
+                "path": "src/main.rs"
+            }),
         );
         assert_eq!(
             out.output,

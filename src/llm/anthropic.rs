@@ -293,21 +293,84 @@ mod tests {
         let done = feed_all(
             &mut a,
             &[
-                json!({"type":"message_start","message":{"usage":{"input_tokens":12,"cache_read_input_tokens":4}}}),
-                json!({"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}),
-                json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"let me "}}),
-                json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"see"}}),
-                json!({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2ln"}}),
+                json!({
+                    "type": "message_start",
+                    "message": {
+                        "usage": {
+                            "input_tokens": 12,
+                            "cache_read_input_tokens": 4
+                        }
+                    }
+                }),
+                json!({
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {
+                        "type": "thinking",
+                        "thinking": ""
+                    }
+                }),
+                json!({
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {
+                        "type": "thinking_delta",
+                        "thinking": "let me "
+                    }
+                }),
+                json!({
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {
+                        "type": "thinking_delta",
+                        "thinking": "see"
+                    }
+                }),
+                json!({
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {
+                        "type": "signature_delta",
+                        "signature": "c2ln"
+                    }
+                }),
                 json!({"type":"content_block_stop","index":0}),
                 json!({"type":"ping"}),
                 json!({"type":"mystery_event","x":1}),
-                json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"functions.Write:0","name":"Write","input":{}}}),
+                json!({
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "functions.Write:0",
+                        "name": "Write",
+                        "input": {}
+                    }
+                }),
                 json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"file_path\": \"a"}}),
                 json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":".txt\"}"}}),
                 json!({"type":"content_block_stop","index":1}),
-                json!({"type":"content_block_start","index":2,"content_block":{"type":"server_gizmo","payload":[1,2]}}),
+                json!({
+                    "type": "content_block_start",
+                    "index": 2,
+                    "content_block": {
+                        "type": "server_gizmo",
+                        "payload": [
+                            1,
+                            2
+                        ]
+                    }
+                }),
                 json!({"type":"content_block_stop","index":2}),
-                json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":30}}),
+                json!({
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": "tool_use"
+                    },
+                    "usage": {
+                        "output_tokens": 30
+                    }
+                }),
                 json!({"type":"message_stop"}),
             ],
         );
@@ -319,7 +382,14 @@ mod tests {
         );
         assert_eq!(
             r.content[1],
-            json!({"type":"tool_use","id":"functions.Write:0","name":"Write","input":{"file_path":"a.txt"}})
+            json!({
+                "type": "tool_use",
+                "id": "functions.Write:0",
+                "name": "Write",
+                "input": {
+                    "file_path": "a.txt"
+                }
+            })
         );
         assert_eq!(r.content[2], json!({"type":"server_gizmo","payload":[1,2]}));
         assert_eq!(r.stop_reason.as_deref(), Some("tool_use"));
@@ -335,7 +405,16 @@ mod tests {
         feed_all(
             &mut a,
             &[
-                json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t1","name":"Bash","input":{}}}),
+                json!({
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "t1",
+                        "name": "Bash",
+                        "input": {}
+                    }
+                }),
                 json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"command\": "}}),
                 json!({"type":"content_block_stop","index":0}),
             ],

@@ -394,7 +394,14 @@ mod tests {
             "assistant",
             vec![
                 json!({"type":"thinking","thinking":"plan","signature":""}),
-                json!({"type":"tool_use","id":"functions.Write:0","name":"Write","input":{"file_path":"a"}}),
+                json!({
+                    "type": "tool_use",
+                    "id": "functions.Write:0",
+                    "name": "Write",
+                    "input": {
+                        "file_path": "a"
+                    }
+                }),
             ],
         ));
         assert_eq!(wire.len(), 1);
@@ -413,7 +420,16 @@ mod tests {
         let wire = to_wire(&msg(
             "user",
             vec![
-                json!({"type":"tool_result","tool_use_id":"functions.Write:0","content":[{"type":"text","text":"ok"}]}),
+                json!({
+                    "type": "tool_result",
+                    "tool_use_id": "functions.Write:0",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "ok"
+                        }
+                    ]
+                }),
                 json!({"type":"tool_result","tool_use_id":"b","content":"boom","is_error":true}),
                 json!({"type":"text","text":"next"}),
             ],
@@ -431,15 +447,53 @@ mod tests {
     fn assembles_streamed_tool_calls_reasoning_and_usage() {
         let mut a = Assembler::default();
         let chunks = [
-            json!({"choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"let "}}]}),
+            json!({
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "role": "assistant",
+                            "reasoning_content": "let "
+                        }
+                    }
+                ]
+            }),
             json!({"choices":[{"index":0,"delta":{"reasoning_content":"me see"}}]}),
             json!({"choices":[{"index":0,"delta":{"content":"Writing."}}]}),
-            json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"functions.Write:0","type":"function","function":{"name":"Write","arguments":""}}]}}]}),
+            json!({
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "functions.Write:0",
+                                    "type": "function",
+                                    "function": {
+                                        "name": "Write",
+                                        "arguments": ""
+                                    }
+                                }
+                            ]
+                        }
+                    }
+                ]
+            }),
             json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"file_path\":"}}]}}]}),
             json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"a.txt\"}"}}]}}]}),
             json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"x","function":{"name":"Bash","arguments":"{\"command\": "}}]}}]}),
             json!({"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}),
-            json!({"choices":[],"usage":{"prompt_tokens":140,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":40}}}),
+            json!({
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 140,
+                    "completion_tokens": 20,
+                    "prompt_tokens_details": {
+                        "cached_tokens": 40
+                    }
+                }
+            }),
         ];
         for c in chunks {
             assert!(!a.feed(&c.to_string()).unwrap());
@@ -453,7 +507,14 @@ mod tests {
         assert_eq!(r.content[1], json!({"type":"text","text":"Writing."}));
         assert_eq!(
             r.content[2],
-            json!({"type":"tool_use","id":"functions.Write:0","name":"Write","input":{"file_path":"a.txt"}})
+            json!({
+                "type": "tool_use",
+                "id": "functions.Write:0",
+                "name": "Write",
+                "input": {
+                    "file_path": "a.txt"
+                }
+            })
         );
         assert_eq!(r.content[3]["input"], json!({}));
         assert_eq!(r.invalid_tool_inputs.len(), 1);

@@ -1432,7 +1432,11 @@ mod tests {
         let content = assembled["content"].as_array().unwrap();
         assert_eq!(
             content[0],
-            json!({"type": "thinking", "thinking": "The user wants a file, é ü.", "signature": "sig-123"})
+            json!({
+                "type": "thinking",
+                "thinking": "The user wants a file, é ü.",
+                "signature": "sig-123"
+            })
         );
         assert_eq!(
             content[1],
