@@ -266,16 +266,14 @@ pub fn tool_list() -> Vec<Tool> {
 
 /// Pulls a required, non-empty string argument out of `args`.
 fn required_str(args: &Map<String, Value>, name: &str, tool: &str) -> Result<String, String> {
-    match args.get(name) {
-        None | Some(Value::Null) => Err(format!("{tool} needs the argument `{name}` (a string)")),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(format!(
+    match optional_str(args, name, tool)? {
+        Some(s) => Ok(s),
+        // optional_str treats a blank string as absent; here that is its
+        // own mistake, worth its own message.
+        None if matches!(args.get(name), Some(Value::String(_))) => Err(format!(
             "{tool}: `{name}` is empty; pass a non-empty string"
         )),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(format!(
-            "{tool}: `{name}` must be a string, not {}",
-            json_kind(other)
-        )),
+        None => Err(format!("{tool} needs the argument `{name}` (a string)")),
     }
 }
 
